@@ -1,0 +1,249 @@
+"""Building blocks of the Spike-driven Transformer: SPS stem, SDSA (and ablation variants), MLP, block.
+
+Tensors are time-major ``[T, B, C, H, W]``. Convs/BNs see ``[T*B, C, H, W]`` (so BN statistics are over
+T*B*H*W, as in the official code). Module and parameter names follow the official implementation exactly,
+so official checkpoints load strictly.
+
+Shortcut modes (paper §3.3 / Fig. 2):
+  "ms"   membrane shortcut (default): neurons sit at the *start* of each branch and residuals add real-valued
+         membrane potentials, so every conv/linear input is a binary spike tensor.
+  "sew"  spike-element-wise (Spikformer/SEW-ResNet): neurons at the *end* of each branch, spikes are added,
+         so the next layer sees integer "multi-bit spikes" (not spike-driven).
+  "none" no residual connection.
+Attention modes: "sdsa" (paper's Version 2 = official code), "sdsa_v1", "ssa" (Spikformer), "softmax".
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .neuron import make_neuron
+
+ATTN_MODES = ("sdsa", "sdsa_v1", "ssa", "softmax")
+SHORTCUTS = ("ms", "sew", "none")
+
+
+def seq(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply a per-frame module (conv, BN, pool) to a ``[T, B, ...]`` tensor by folding T into the batch."""
+    T, B = x.shape[:2]
+    y = module(x.flatten(0, 1))
+    return y.reshape(T, B, *y.shape[1:])
+
+
+def erode(x: torch.Tensor) -> torch.Tensor:
+    """DVS-mode "Erode" of the official code: a 3x3 max over the last two axes of a 5-D tensor (stride 1).
+
+    PyTorch's 3-D pooling reads a 5-D tensor as (N, C, D, H, W), so for ``[T,B,C,H,W]`` this is a spatial
+    dilation per channel and for the head layout ``[T,B,h,N,d]`` a max over neighbouring (token, lane) pairs.
+    """
+    return F.max_pool3d(x, kernel_size=(1, 3, 3), stride=1, padding=(0, 1, 1))
+
+
+def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Stochastic depth on a ``[T, B, ...]`` branch output: one keep/drop decision per sample, shared over T."""
+    if p == 0.0 or not training:
+        return x
+    keep = 1.0 - p
+    mask = x.new_empty((1, x.shape[1]) + (1,) * (x.ndim - 2)).bernoulli_(keep)
+    return x * mask / keep
+
+
+# --------------------------------------------------------------------------------------------------
+# Elementary SDSA operations as (parameter-free) modules, so hooks can prove what they compute on.
+# --------------------------------------------------------------------------------------------------
+class SpikeMask(nn.Module):
+    """Hadamard product of two tensors; between binary spike tensors it is a mask (logical AND)."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a * b
+
+
+class TokenSum(nn.Module):
+    """Column sum over the token axis (dim -2, keepdim): on binary input, counting = additions only."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.sum(dim=-2, keepdim=True)
+
+
+class SpikeMatmul(nn.Module):
+    """Matrix product ``a @ b`` (used by the non-spike-driven SSA/softmax comparison variants)."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a @ b
+
+
+# --------------------------------------------------------------------------------------------------
+# Spiking Patch Splitting (stem)
+# --------------------------------------------------------------------------------------------------
+class MS_SPS(nn.Module):
+    """4 x (conv3x3-BN-LIF[-maxpool]) with channels D/8, D/4, D/2, D, then a relative-position conv shortcut."""
+
+    def __init__(self, in_channels, embed_dim, pooling_stat="1111", spike_mode="lif", shortcut="ms"):
+        super().__init__()
+        self.pooling_stat = pooling_stat
+        self.shortcut = shortcut
+        d = embed_dim
+        chans = [in_channels, d // 8, d // 4, d // 2, d]
+        suffix = ["", "1", "2", "3"]
+        for i, s in enumerate(suffix):
+            self.add_module(f"proj_conv{s}", nn.Conv2d(chans[i], chans[i + 1], 3, 1, 1, bias=False))
+            self.add_module(f"proj_bn{s}", nn.BatchNorm2d(chans[i + 1]))
+            self.add_module(f"proj_lif{s}", make_neuron(spike_mode))
+            self.add_module(f"maxpool{s}", nn.MaxPool2d(kernel_size=3, stride=2, padding=1, dilation=1))
+        self.rpe_conv = nn.Conv2d(d, d, 3, 1, 1, bias=False)
+        self.rpe_bn = nn.BatchNorm2d(d)
+        # Constructed but never called by the official MS forward (kept for PLIF state-dict parity);
+        # used as the branch-end neuron in the SEW ablation.
+        self.rpe_lif = make_neuron(spike_mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stat = self.pooling_stat
+        for i, s in enumerate(["", "1", "2"]):
+            x = seq(getattr(self, f"proj_bn{s}"), seq(getattr(self, f"proj_conv{s}"), x))
+            x = getattr(self, f"proj_lif{s}")(x)
+            if stat[i] == "1":
+                x = seq(getattr(self, f"maxpool{s}"), x)
+        # Stage 3: the pool acts on the BN output (real values), before the neuron.
+        x = seq(self.proj_bn3, seq(self.proj_conv3, x))
+        if stat[3] == "1":
+            x = seq(self.maxpool3, x)
+        x_feat = x
+        s = self.proj_lif3(x)
+        rpe = seq(self.rpe_bn, seq(self.rpe_conv, s))
+        if self.shortcut == "ms":
+            return rpe + x_feat  # membrane shortcut: real-valued output
+        if self.shortcut == "sew":
+            return s + self.rpe_lif(rpe)  # integer spikes
+        return rpe
+
+
+# --------------------------------------------------------------------------------------------------
+# Attention
+# --------------------------------------------------------------------------------------------------
+class MS_SSA_Conv(nn.Module):
+    """Spike-Driven Self-Attention with its own input neuron, 1x1-conv Q/K/V/out projections and shortcut.
+
+    sdsa (Version 2, official):  Y = Q ⊙ SN_0.5( SUM_tokens(K ⊙ V) )
+    sdsa_v1:                     Y = SN_0.5( SUM_tokens(Q ⊙ K) ) ⊙ V
+    ssa (Spikformer):            Y = SN_0.5( Q Kᵀ V · 0.125 )            (integer matmuls + scale)
+    softmax (vanilla):           Y = softmax(Q Kᵀ / sqrt(d)) V            (real-valued, for comparison)
+    """
+
+    def __init__(self, dim, num_heads=8, spike_mode="lif", dvs_mode=False, attn_mode="sdsa", shortcut="ms",
+                 drop_path_rate=0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed_dim ({dim}) must be divisible by num_heads ({num_heads})")
+        if attn_mode not in ATTN_MODES:
+            raise ValueError(f"attn_mode must be one of {ATTN_MODES}, got {attn_mode!r}")
+        self.dim, self.num_heads = dim, num_heads
+        self.dvs_mode, self.attn_mode, self.shortcut = dvs_mode, attn_mode, shortcut
+        self.drop_path_rate = drop_path_rate
+        self.scale = 0.125  # Spikformer's SSA scale (used by attn_mode="ssa" only)
+        self.shortcut_lif = make_neuron(spike_mode)
+        for n in "qkv":
+            self.add_module(f"{n}_conv", nn.Conv2d(dim, dim, 1, 1, bias=False))
+            self.add_module(f"{n}_bn", nn.BatchNorm2d(dim))
+            self.add_module(f"{n}_lif", make_neuron(spike_mode))
+        # Official no-ops kept for checkpoint compatibility: attn_lif is never called by SDSA (used here
+        # by the SSA variant), talking_heads is never called but its [h,h,1] weight is in the state_dict.
+        self.attn_lif = make_neuron(spike_mode, v_threshold=0.5)
+        self.talking_heads = nn.Conv1d(num_heads, num_heads, kernel_size=1, stride=1, bias=False)
+        self.talking_heads_lif = make_neuron(spike_mode, v_threshold=0.5)
+        self.proj_conv = nn.Conv2d(dim, dim, 1, 1)
+        self.proj_bn = nn.BatchNorm2d(dim)
+        self.mask_kv = SpikeMask()
+        self.mask_q = SpikeMask()
+        self.token_sum = TokenSum()
+        self.matmul_qk = SpikeMatmul()
+        self.matmul_av = SpikeMatmul()
+
+    def _heads(self, x):  # [T,B,C,H,W] -> [T,B,h,N,d]
+        T, B, C, H, W = x.shape
+        return x.flatten(3).transpose(-1, -2).reshape(T, B, H * W, self.num_heads, C // self.num_heads).permute(
+            0, 1, 3, 2, 4)
+
+    def _unheads(self, y, shape):  # [T,B,h,N,d] -> [T,B,C,H,W]
+        return y.transpose(3, 4).reshape(shape)
+
+    def attention(self, q, k, v):
+        """q, k, v: [T,B,h,N,d] (binary spikes). Returns [T,B,h,N,d]."""
+        dvs = self.dvs_mode
+        if self.attn_mode == "sdsa":
+            kv = self.mask_kv(k, v)
+            if dvs:
+                kv = erode(kv)
+            mask = self.talking_heads_lif(self.token_sum(kv))  # [T,B,h,1,d] binary channel mask
+            y = self.mask_q(q, mask)
+        elif self.attn_mode == "sdsa_v1":
+            qk = self.mask_kv(q, k)
+            if dvs:
+                qk = erode(qk)
+            mask = self.talking_heads_lif(self.token_sum(qk))
+            y = self.mask_q(mask, v)
+        elif self.attn_mode == "ssa":
+            attn = self.matmul_qk(q, k.transpose(-2, -1))  # [T,B,h,N,N] integer
+            y = self.attn_lif(self.matmul_av(attn, v) * self.scale)
+        else:  # softmax
+            d = q.shape[-1]
+            attn = torch.softmax(self.matmul_qk(q, k.transpose(-2, -1)) * d**-0.5, dim=-1)
+            y = self.matmul_av(attn, v)
+        if dvs:
+            y = erode(y)
+        return y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x
+        s = self.shortcut_lif(x) if self.shortcut != "sew" else x
+        q = self.q_lif(seq(self.q_bn, seq(self.q_conv, s)))
+        k = self.k_lif(seq(self.k_bn, seq(self.k_conv, s)))
+        v = self.v_lif(seq(self.v_bn, seq(self.v_conv, s)))
+        if self.dvs_mode:
+            k, v = erode(k), erode(v)
+        y = self._unheads(self.attention(self._heads(q), self._heads(k), self._heads(v)), x.shape)
+        out = seq(self.proj_bn, seq(self.proj_conv, y))
+        if self.shortcut == "sew":
+            out = self.shortcut_lif(out)
+        out = drop_path(out, self.drop_path_rate, self.training)
+        return out + identity if self.shortcut != "none" else out
+
+
+class MS_MLP_Conv(nn.Module):
+    """Two 1x1 convs (D -> hidden -> D) with BN, a neuron before each conv (MS) and the block's shortcut."""
+
+    def __init__(self, in_features, hidden_features=None, spike_mode="lif", shortcut="ms", drop_path_rate=0.0):
+        super().__init__()
+        hidden_features = hidden_features or in_features
+        self.shortcut, self.drop_path_rate = shortcut, drop_path_rate
+        self.fc1_conv = nn.Conv2d(in_features, hidden_features, 1, 1)
+        self.fc1_bn = nn.BatchNorm2d(hidden_features)
+        self.fc1_lif = make_neuron(spike_mode)
+        self.fc2_conv = nn.Conv2d(hidden_features, in_features, 1, 1)
+        self.fc2_bn = nn.BatchNorm2d(in_features)
+        self.fc2_lif = make_neuron(spike_mode)
+        self.c_hidden, self.c_output = hidden_features, in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x
+        if self.shortcut == "sew":
+            h = self.fc1_lif(seq(self.fc1_bn, seq(self.fc1_conv, x)))
+            out = self.fc2_lif(seq(self.fc2_bn, seq(self.fc2_conv, h)))
+        else:
+            h = seq(self.fc1_bn, seq(self.fc1_conv, self.fc1_lif(x)))
+            out = seq(self.fc2_bn, seq(self.fc2_conv, self.fc2_lif(h)))
+        out = drop_path(out, self.drop_path_rate, self.training)
+        return out + identity if self.shortcut != "none" else out
+
+
+class MS_Block_Conv(nn.Module):
+    """One encoder block: SDSA then MLP, each with its own (membrane) shortcut."""
+
+    def __init__(self, dim, num_heads=8, mlp_ratio=4.0, spike_mode="lif", dvs_mode=False, attn_mode="sdsa",
+                 shortcut="ms", drop_path_rate=0.0):
+        super().__init__()
+        self.attn = MS_SSA_Conv(dim, num_heads, spike_mode, dvs_mode, attn_mode, shortcut, drop_path_rate)
+        self.mlp = MS_MLP_Conv(dim, int(dim * mlp_ratio), spike_mode, shortcut, drop_path_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.attn(x))
