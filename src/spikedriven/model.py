@@ -303,3 +303,34 @@ def create_model(name: str, checkpoint_path: str | None = None, strict: bool = T
 
 
 _CONSTRUCTOR_ARGS = set(SpikeDrivenTransformer.__init__.__code__.co_varnames[1:SpikeDrivenTransformer.__init__.__code__.co_argcount])
+
+
+def bn_is_calibrated(model: nn.Module) -> bool:
+    """True if any BatchNorm has seen data (its running statistics are not the initial mean 0 / var 1)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    return not bns or any(int(m.num_batches_tracked) > 0 for m in bns if m.num_batches_tracked is not None)
+
+
+@torch.no_grad()
+def calibrate_bn(model: nn.Module, batches) -> nn.Module:
+    """Set BatchNorm running statistics to the cumulative mean/var over ``batches`` (no weight change).
+
+    An untrained model in eval mode has BN running stats (0, 1) on top of std-0.02 weights, so almost no
+    neuron reaches threshold; after calibration it fires as it does in training, which makes firing-rate and
+    spike-driven checks on untrained models meaningful.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.training) for m in bns]
+    was_training = model.training
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    model.train()
+    try:
+        for x in batches:
+            model(x)
+    finally:
+        for m, (mom, _) in zip(bns, saved):
+            m.momentum = mom
+        model.train(was_training)
+    return model
