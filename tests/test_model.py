@@ -196,3 +196,19 @@ def test_backward_reaches_all_trainable_parameters_but_talking_heads():
     m(torch.randn(4, 3, 32, 32)).sum().backward()
     no_grad = {n for n, p in m.named_parameters() if p.grad is None}
     assert no_grad == {f"block.{i}.attn.talking_heads.weight" for i in range(2)}
+
+
+def test_channels_last_is_an_execution_option_only():
+    torch.manual_seed(0)
+    a = create_model("sdt_cifar10_2_256", embed_dim=64).double()
+    b = create_model("sdt_cifar10_2_256", embed_dim=64, channels_last=True).double()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    from spikedriven.model import calibrate_bn
+
+    calibrate_bn(a, [x]), calibrate_bn(b, [x])
+    a.eval(), b.eval()
+    feats = b.patch_embed(b.to_time_major(x))
+    assert feats.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(a(x), b(x), rtol=1e-9, atol=1e-9)
+    assert a(x).abs().sum() > 0

@@ -42,6 +42,8 @@ class SpikeDrivenTransformer(nn.Module):
             but never applies it; here it is applied (paper intent), so the default 0.0 matches official runs.
         attn_mode / shortcut: ablation switches (see ``layers``); defaults are the paper's model.
         lif_backend: neuron implementation, "auto" | "torch" | "cpp" | "triton" (None: env or "auto").
+        channels_last: run every activation in NHWC storage (same shapes and results; convs and the SDSA head
+            split become cheaper). An execution option: it does not change the state_dict.
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class SpikeDrivenTransformer(nn.Module):
         attn_mode: str = "sdsa",
         shortcut: str = "ms",
         lif_backend: str | None = None,
+        channels_last: bool = False,
     ):
         super().__init__()
         _check_config(img_size, in_channels, num_classes, embed_dim, depth, num_heads, mlp_ratio, T, pooling_stat,
@@ -72,6 +75,7 @@ class SpikeDrivenTransformer(nn.Module):
         self.spike_mode, self.attn_mode, self.shortcut = spike_mode, attn_mode, shortcut
         self.drop_path_rate = drop_path_rate
         self.downsample = 2 ** pooling_stat.count("1")
+        self.channels_last = channels_last
 
         self.patch_embed = MS_SPS(in_channels, embed_dim, pooling_stat, spike_mode, shortcut)
         dpr = torch.linspace(0, drop_path_rate, depth).tolist() if depth else []
@@ -128,6 +132,13 @@ class SpikeDrivenTransformer(nn.Module):
         if not torch.isfinite(x).all():
             bad = (~torch.isfinite(x)).sum().item()
             raise ValueError(f"input contains {bad} NaN/inf value(s); the network needs finite inputs")
+        if self.channels_last:
+            # Materialise [T,B,C,H,W] with NHWC storage, so every [T*B,C,H,W] view is channels_last for free.
+            if x.ndim == 4:
+                xs = x.permute(0, 2, 3, 1).unsqueeze(0).expand(self.T, -1, -1, -1, -1)
+            else:
+                xs = x.permute(1, 0, 3, 4, 2)
+            return xs.contiguous().permute(0, 1, 4, 2, 3)
         if x.ndim == 4:
             return x.unsqueeze(0).expand(self.T, *x.shape)
         return x.transpose(0, 1)
