@@ -212,3 +212,33 @@ def test_channels_last_is_an_execution_option_only():
     assert feats.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(a(x), b(x), rtol=1e-9, atol=1e-9)
     assert a(x).abs().sum() > 0
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_compact_spike_convs_give_identical_gradients(amp):
+    torch.manual_seed(0)
+    a = create_model("sdt_cifar10_2_256", embed_dim=64, compact_spikes=False)
+    b = create_model("sdt_cifar10_2_256", embed_dim=64, compact_spikes=True)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(4, 3, 32, 32)
+    for m in (a, b):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            out = m(x)
+        out.float().square().sum().backward()
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        if p.grad is None:
+            assert q.grad is None
+            continue
+        assert torch.equal(p.grad, q.grad), n
+
+
+def test_fast_paths_switch_off():
+    from spikedriven.layers import SpikeConv2d
+
+    m = create_model("sdt_cifar10_2_256", embed_dim=64, shortcut="sew")
+    assert not m.block[0].attn.q_conv.compact and m.block[0].mlp.fc2_conv.compact  # SEW sums are not binary
+    m.set_execution(lif_backend="torch", channels_last=True, compact_spikes=False)
+    assert m.channels_last and all(not c.compact for c in m.modules() if isinstance(c, SpikeConv2d))
+    assert {x.backend for x in m.modules() if hasattr(x, "backend")} == {"torch"}
+    m.set_execution(compact_spikes=True)
+    assert not m.block[0].attn.q_conv.compact  # never enabled where inputs may be non-binary

@@ -14,6 +14,8 @@ Attention modes: "sdsa" (paper's Version 2 = official code), "sdsa_v1", "ssa" (S
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -47,6 +49,49 @@ def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     keep = 1.0 - p
     mask = x.new_empty((1, x.shape[1]) + (1,) * (x.ndim - 2)).bernoulli_(keep)
     return x * mask / keep
+
+
+# --------------------------------------------------------------------------------------------------
+# Convolution on spike input that keeps its saved input as uint8 (spikes are exactly 0/1: lossless, 4x smaller)
+# --------------------------------------------------------------------------------------------------
+class _SpikeConvFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dtype):
+        if dtype is not None:  # autocast: run (and later differentiate) in the autocast dtype
+            x, w, b = x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
+        else:
+            w, b = weight, bias
+        ctx.save_for_backward(x.to(torch.uint8), w)
+        ctx.conf = (x.dtype, stride, padding, bias is not None, weight.dtype)
+        return F.conv2d(x, w, b, stride, padding)
+
+    @staticmethod
+    def backward(ctx, grad):
+        xq, w = ctx.saved_tensors
+        x_dtype, stride, padding, has_bias, w_dtype = ctx.conf
+        x = xq.to(x_dtype)  # .to keeps the (channels_last) strides
+        gi, gw, gb = torch.ops.aten.convolution_backward(
+            grad.to(x_dtype), x, w, [w.shape[0]] if has_bias else None, list(stride), list(padding), [1, 1], False,
+            [0, 0], 1, [ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]])
+        return (gi, None if gw is None else gw.to(w_dtype), None if gb is None else gb.to(w_dtype), None, None,
+                None)
+
+
+class SpikeConv2d(nn.Conv2d):
+    """``nn.Conv2d`` for binary spike inputs: identical math and state_dict; in training the input saved for
+    the backward pass is stored as uint8 instead of float (``compact=False`` or a non-binary-input variant turns
+    it off). Only used where the model guarantees 0/1 inputs."""
+
+    def __init__(self, *args, compact: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._compact_allowed = compact  # False where the input may be non-binary (SEW sums, softmax output)
+        self.compact = compact
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.compact and torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)):
+            return super().forward(x)
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else None
+        return _SpikeConvFn.apply(x, self.weight, self.bias, self.stride, self.padding, dtype)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -87,11 +132,12 @@ class MS_SPS(nn.Module):
         chans = [in_channels, d // 8, d // 4, d // 2, d]
         suffix = ["", "1", "2", "3"]
         for i, s in enumerate(suffix):
-            self.add_module(f"proj_conv{s}", nn.Conv2d(chans[i], chans[i + 1], 3, 1, 1, bias=False))
+            conv = nn.Conv2d if i == 0 else partial(SpikeConv2d, compact=True)  # first conv sees the image
+            self.add_module(f"proj_conv{s}", conv(chans[i], chans[i + 1], 3, 1, 1, bias=False))
             self.add_module(f"proj_bn{s}", nn.BatchNorm2d(chans[i + 1]))
             self.add_module(f"proj_lif{s}", make_neuron(spike_mode))
             self.add_module(f"maxpool{s}", nn.MaxPool2d(kernel_size=3, stride=2, padding=1, dilation=1))
-        self.rpe_conv = nn.Conv2d(d, d, 3, 1, 1, bias=False)
+        self.rpe_conv = SpikeConv2d(d, d, 3, 1, 1, bias=False, compact=True)  # input: proj_lif3 spikes
         self.rpe_bn = nn.BatchNorm2d(d)
         # Constructed but never called by the official MS forward (kept for PLIF state-dict parity);
         # used as the branch-end neuron in the SEW ablation.
@@ -142,8 +188,9 @@ class MS_SSA_Conv(nn.Module):
         self.drop_path_rate = drop_path_rate
         self.scale = 0.125  # Spikformer's SSA scale (used by attn_mode="ssa" only)
         self.shortcut_lif = make_neuron(spike_mode)
+        binary_in = shortcut != "sew"
         for n in "qkv":
-            self.add_module(f"{n}_conv", nn.Conv2d(dim, dim, 1, 1, bias=False))
+            self.add_module(f"{n}_conv", SpikeConv2d(dim, dim, 1, 1, bias=False, compact=binary_in))
             self.add_module(f"{n}_bn", nn.BatchNorm2d(dim))
             self.add_module(f"{n}_lif", make_neuron(spike_mode))
         # Official no-ops kept for checkpoint compatibility: attn_lif is never called by SDSA (used here
@@ -151,7 +198,7 @@ class MS_SSA_Conv(nn.Module):
         self.attn_lif = make_neuron(spike_mode, v_threshold=0.5)
         self.talking_heads = nn.Conv1d(num_heads, num_heads, kernel_size=1, stride=1, bias=False)
         self.talking_heads_lif = make_neuron(spike_mode, v_threshold=0.5)
-        self.proj_conv = nn.Conv2d(dim, dim, 1, 1)
+        self.proj_conv = SpikeConv2d(dim, dim, 1, 1, compact=attn_mode != "softmax")
         self.proj_bn = nn.BatchNorm2d(dim)
         self.mask_kv = SpikeMask()
         self.mask_q = SpikeMask()
@@ -216,10 +263,11 @@ class MS_MLP_Conv(nn.Module):
         super().__init__()
         hidden_features = hidden_features or in_features
         self.shortcut, self.drop_path_rate = shortcut, drop_path_rate
-        self.fc1_conv = nn.Conv2d(in_features, hidden_features, 1, 1)
+        binary_in = shortcut != "sew"
+        self.fc1_conv = SpikeConv2d(in_features, hidden_features, 1, 1, compact=binary_in)
         self.fc1_bn = nn.BatchNorm2d(hidden_features)
         self.fc1_lif = make_neuron(spike_mode)
-        self.fc2_conv = nn.Conv2d(hidden_features, in_features, 1, 1)
+        self.fc2_conv = SpikeConv2d(hidden_features, in_features, 1, 1, compact=True)
         self.fc2_bn = nn.BatchNorm2d(in_features)
         self.fc2_lif = make_neuron(spike_mode)
         self.c_hidden, self.c_output = hidden_features, in_features

@@ -44,6 +44,7 @@ class SpikeDrivenTransformer(nn.Module):
         lif_backend: neuron implementation, "auto" | "torch" | "cpp" | "triton" (None: env or "auto").
         channels_last: run every activation in NHWC storage (same shapes and results; convs and the SDSA head
             split become cheaper). An execution option: it does not change the state_dict.
+        compact_spikes: convs whose input is binary save it for backward as uint8 (lossless, 4x less memory).
     """
 
     def __init__(
@@ -65,6 +66,7 @@ class SpikeDrivenTransformer(nn.Module):
         shortcut: str = "ms",
         lif_backend: str | None = None,
         channels_last: bool = False,
+        compact_spikes: bool = True,
     ):
         super().__init__()
         _check_config(img_size, in_channels, num_classes, embed_dim, depth, num_heads, mlp_ratio, T, pooling_stat,
@@ -86,10 +88,28 @@ class SpikeDrivenTransformer(nn.Module):
         self.head_lif = make_neuron(spike_mode)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(_init_weights)
-        if lif_backend is not None:
-            self.set_lif_backend(lif_backend)
+        self.set_execution(lif_backend=lif_backend, compact_spikes=compact_spikes)
 
     # ------------------------------------------------------------------ helpers
+    def set_execution(self, lif_backend: str | None = None, channels_last: bool | None = None,
+                      compact_spikes: bool | None = None) -> "SpikeDrivenTransformer":
+        """Switch the fast paths (None leaves a setting unchanged); none of them changes results or weights.
+
+        lif_backend: "auto" (fused kernel per device) | "torch" (reference loop) | "cpp" | "triton".
+        channels_last: NHWC activation storage. compact_spikes: spike-input convs save their input as uint8.
+        """
+        if lif_backend is not None:
+            self.set_lif_backend(lif_backend)
+        if channels_last is not None:
+            self.channels_last = bool(channels_last)
+        if compact_spikes is not None:
+            from .layers import SpikeConv2d
+
+            for m in self.modules():
+                if isinstance(m, SpikeConv2d):
+                    m.compact = bool(compact_spikes) and getattr(m, "_compact_allowed", True)
+        return self
+
     def set_lif_backend(self, backend: str) -> "SpikeDrivenTransformer":
         """Switch every neuron to ``backend`` ("auto", "torch", "cpp", "triton")."""
         from .neuron import _VALID_BACKENDS

@@ -176,6 +176,32 @@ def _default_backend() -> str:
     return os.environ.get("SPIKEDRIVEN_LIF_BACKEND", "auto")
 
 
+def _kernels():
+    """The fused-kernel package, or None if it is not importable (then the reference loop is used)."""
+    try:
+        from . import kernels
+    except ImportError:  # pragma: no cover - only in stripped-down installs
+        return None
+    return kernels
+
+
+def _storage_order_call(fn, x: torch.Tensor) -> torch.Tensor:
+    """Run an elementwise-over-neurons kernel on ``x`` in its storage order (no copy for NHWC activations).
+
+    A channels_last activation ``[T,B,C,H,W]`` is a permutation of a contiguous tensor; the kernel sees that
+    contiguous view and the result (and its gradient) is permuted back, so the layout is preserved end to end.
+    """
+    if x.is_contiguous() or x.ndim < 3:
+        return fn(x)
+    order = sorted(range(1, x.ndim), key=lambda d: (-x.stride(d), d))
+    perm = [0, *order]
+    xp = x.permute(perm)
+    if not xp.is_contiguous() or x.stride(0) < max(x.stride()[1:]):
+        return fn(x)
+    inv = [perm.index(d) for d in range(x.ndim)]
+    return fn(xp).permute(inv)
+
+
 class LIF(nn.Module):
     """Multi-step LIF neuron on ``[T, ...]`` tensors; no parameters, no buffers, no state between calls.
 
@@ -207,12 +233,10 @@ class LIF(nn.Module):
         return self.detach_reset and type(self.surrogate) is Sigmoid
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.backend != "torch" and self._fusable():
-            from . import kernels
-
-            return kernels.lif_multistep(
-                x, v_threshold=self.v_threshold, tau=self.tau, alpha=self.surrogate.alpha, backend=self.backend
-            )
+        kernels = _kernels() if self.backend != "torch" and self._fusable() else None
+        if kernels is not None:
+            return _storage_order_call(lambda t: kernels.lif_multistep(
+                t, v_threshold=self.v_threshold, tau=self.tau, alpha=self.surrogate.alpha, backend=self.backend), x)
         if self.backend in ("cpp", "triton"):
             raise ValueError(
                 f"LIF backend {self.backend!r} only supports the sigmoid surrogate with detach_reset=True; "
@@ -250,12 +274,11 @@ class ParametricLIF(nn.Module):
         return float(1.0 / torch.sigmoid(self.w.detach()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.backend != "torch" and self.detach_reset and type(self.surrogate) is Sigmoid:
-            from . import kernels
-
-            return kernels.plif_multistep(
-                x, self.w, v_threshold=self.v_threshold, alpha=self.surrogate.alpha, backend=self.backend
-            )
+        fusable = self.backend != "torch" and self.detach_reset and type(self.surrogate) is Sigmoid
+        kernels = _kernels() if fusable else None
+        if kernels is not None:
+            return _storage_order_call(lambda t: kernels.plif_multistep(
+                t, self.w, v_threshold=self.v_threshold, alpha=self.surrogate.alpha, backend=self.backend), x)
         return plif_multistep_reference(x, self.w, self.v_threshold, self.surrogate, self.detach_reset)
 
     def extra_repr(self) -> str:
