@@ -1,0 +1,163 @@
+"""Fused multi-step LIF / PLIF neurons: one autograd Function per device, a plain-autograd reference as truth.
+
+Public API::
+
+    lif_multistep(x, v_threshold=1.0, tau=2.0, alpha=4.0, backend="auto", return_v=False) -> spikes
+    plif_multistep(x, w, v_threshold=1.0, alpha=4.0, backend="auto", return_v=False) -> spikes
+    available_backends() -> {"torch": True, "cpp": bool, "triton": bool}
+    resolve_backend(x, backend="auto") -> the backend name a call with these arguments would run
+
+``x`` has shape [T, ...] (time first), any float dtype; the neuron state is fp32 and the spikes come back in
+``x.dtype``. The membrane starts at 0 inside every call (no state between calls).
+
+Backends:
+
+* ``"torch"``  - :mod:`spikedriven.kernels.reference`, a Python loop over T with ordinary autograd (any device,
+  any float dtype). The definition of correct, and the "all fast paths off" switch.
+* ``"cpp"``    - fused C++ CPU kernel (``csrc/lif_cpu.cpp``), vectorised over neurons, ``at::parallel_for`` over
+  blocks of neurons, T looped inside; compiled on first use into ``$TORCH_EXTENSIONS_DIR`` (default
+  ``~/.cache/torch_extensions``). fp32 / bf16 / fp16, CPU tensors.
+* ``"triton"`` - fused Triton kernel for CUDA tensors (fp32 / bf16 / fp16).
+* ``"auto"``   - ``cpp`` for CPU tensors if it compiled (otherwise ``torch``, after one warning), ``triton`` for
+  CUDA tensors if Triton imports (otherwise ``torch``), ``torch`` for other devices and dtypes (e.g. float64),
+  for empty tensors and when ``return_v=True`` (the membrane trace comes from the reference).
+
+Environment variable ``SPIKEDRIVEN_LIF_BACKEND`` (``torch`` | ``cpp`` | ``triton`` | ``auto``): when set, it
+replaces ``backend="auto"`` in every call, i.e. it forces one backend globally (e.g. ``SPIKEDRIVEN_LIF_BACKEND=torch``
+turns every fast path off). A backend passed explicitly by the caller takes precedence over the variable. A forced
+backend that cannot run the given tensor (``cpp`` on a CUDA tensor, ``triton`` without Triton/CUDA, a failed C++
+build) raises instead of silently falling back.
+
+Both fused backends save only the (contiguous) input for backward and recompute H in the backward pass; their
+spikes are bit-identical to the reference and their gradients agree with it to ~1e-7.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from . import _cpp, _triton
+from .reference import heaviside_sigmoid, lif_reference, plif_reference
+
+__all__ = [
+    "BACKENDS",
+    "ENV_VAR",
+    "available_backends",
+    "resolve_backend",
+    "lif_multistep",
+    "plif_multistep",
+    "lif_reference",
+    "plif_reference",
+    "heaviside_sigmoid",
+]
+
+BACKENDS = ("auto", "torch", "cpp", "triton")
+ENV_VAR = "SPIKEDRIVEN_LIF_BACKEND"
+_FAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def available_backends() -> dict[str, bool]:
+    """Which backends can run here. Asking for ``cpp`` compiles the extension if that was not done yet."""
+    return {"torch": True, "cpp": _cpp.load(), "triton": _triton.is_available()}
+
+
+def _requested(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        env = os.environ.get(ENV_VAR, "").strip().lower()
+        if env:
+            if env not in BACKENDS:
+                raise ValueError(f"{ENV_VAR}={env!r} is not one of {BACKENDS}")
+            backend = env
+    return backend
+
+
+def resolve_backend(x: torch.Tensor, backend: str = "auto", return_v: bool = False) -> str:
+    """The backend that ``lif_multistep(x, backend=backend, return_v=return_v)`` runs (raises if impossible)."""
+    backend = _requested(backend)
+    if backend == "auto":
+        if return_v or x.numel() == 0 or x.dtype not in _FAST_DTYPES:
+            return "torch"
+        if x.device.type == "cpu":
+            return "cpp" if _cpp.load() else "torch"
+        if x.device.type == "cuda":
+            return "triton" if _triton.is_available() else "torch"
+        return "torch"
+    if backend == "torch":
+        return "torch"
+    if return_v:
+        raise ValueError(f"return_v=True is only provided by the 'torch' backend, not {backend!r}")
+    if x.dtype not in _FAST_DTYPES:
+        raise TypeError(f"backend {backend!r} supports float32/bfloat16/float16, got {x.dtype}")
+    if backend == "cpp":
+        if x.device.type != "cpu":
+            raise ValueError(f"backend 'cpp' needs a CPU tensor, got device {x.device}")
+        if not _cpp.load():
+            raise RuntimeError(f"backend 'cpp' is unavailable: the C++ build failed ({_cpp._STATE['error']!r})")
+        return "cpp"
+    # triton
+    if x.device.type != "cuda":
+        raise ValueError(f"backend 'triton' needs a CUDA tensor, got device {x.device}")
+    if not _triton.is_available():
+        raise RuntimeError(f"backend 'triton' is unavailable ({_triton._IMPORT_ERROR!r})")
+    return "triton"
+
+
+def _check_x(x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a tensor, got {type(x).__name__}")
+    if x.dim() < 1:
+        raise ValueError("x must have a leading time dimension [T, ...]")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating point tensor, got {x.dtype}")
+
+
+def lif_multistep(
+    x: torch.Tensor,
+    v_threshold: float = 1.0,
+    tau: float = 2.0,
+    alpha: float = 4.0,
+    backend: str = "auto",
+    return_v: bool = False,
+):
+    """Multi-step LIF (decay_input, hard reset to 0, detached reset, sigmoid surrogate) on ``x`` [T, ...].
+
+    Returns spikes shaped and typed like ``x`` (values 0/1); with ``return_v=True`` returns
+    ``(spikes, v_seq)`` where ``v_seq`` is the fp32 post-reset membrane potential of every step (torch backend).
+    """
+    _check_x(x)
+    which = resolve_backend(x, backend, return_v)
+    v_threshold, tau, alpha = float(v_threshold), float(tau), float(alpha)
+    if which == "cpp":
+        return _cpp.lif(x, v_threshold, tau, alpha)
+    if which == "triton":
+        return _triton.lif(x, v_threshold, tau, alpha)
+    return lif_reference(x, v_threshold, tau, alpha, return_v=return_v)
+
+
+def plif_multistep(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    v_threshold: float = 1.0,
+    alpha: float = 4.0,
+    backend: str = "auto",
+    return_v: bool = False,
+):
+    """Multi-step parametric LIF, 1/tau = sigmoid(w) with ``w`` a one-element (learnable) tensor.
+
+    Gradients flow to ``x`` and to ``w``. Same return convention as :func:`lif_multistep`.
+    """
+    _check_x(x)
+    if not isinstance(w, torch.Tensor):
+        w = torch.tensor(float(w), dtype=torch.float32, device=x.device)
+    if w.numel() != 1:
+        raise ValueError(f"w must hold exactly one element, got shape {tuple(w.shape)}")
+    which = resolve_backend(x, backend, return_v)
+    v_threshold, alpha = float(v_threshold), float(alpha)
+    if which == "cpp":
+        return _cpp.plif(x, w, v_threshold, alpha)
+    if which == "triton":
+        return _triton.plif(x, w, v_threshold, alpha)
+    return plif_reference(x, w, v_threshold, alpha, return_v=return_v)
