@@ -26,7 +26,7 @@ def test_every_bn_is_paired_with_its_conv():
     assert len(conv_bn_pairs(m)) == n_bn == 5 + 6 * 2
 
 
-@pytest.mark.parametrize("kw", [dict(embed_dim=64), dict(embed_dim=64, channels_last=True)])
+@pytest.mark.parametrize("kw", [dict(embed_dim=64, channels_last=False), dict(embed_dim=64, channels_last=True)])
 def test_folded_logits_equal_unfolded(kw):
     m = _trained_like(**kw)
     f = fold_bn(m)

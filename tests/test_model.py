@@ -200,7 +200,7 @@ def test_backward_reaches_all_trainable_parameters_but_talking_heads():
 
 def test_channels_last_is_an_execution_option_only():
     torch.manual_seed(0)
-    a = create_model("sdt_cifar10_2_256", embed_dim=64).double()
+    a = create_model("sdt_cifar10_2_256", embed_dim=64, channels_last=False).double()
     b = create_model("sdt_cifar10_2_256", embed_dim=64, channels_last=True).double()
     b.load_state_dict(a.state_dict())
     x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
