@@ -150,7 +150,7 @@ class SpikeDrivenTransformer(nn.Module):
                 f"event input [B, T, C, H, W] must have T={self.T} frames (dim 1), got {x.shape[1]}; "
                 f"re-frame the events or build the model with T={x.shape[1]}"
             )
-        if not torch.isfinite(x).all():
+        if not x.is_meta and not torch.isfinite(x).all():
             bad = (~torch.isfinite(x)).sum().item()
             raise ValueError(f"input contains {bad} NaN/inf value(s); the network needs finite inputs")
         if self.channels_last:
