@@ -1,0 +1,243 @@
+"""Event-camera (DVS) data: readers for the real on-disk formats, integration into T frames, on-disk cache.
+
+Formats read:
+- spikingjelly ``events_np``: one ``.npz`` per sample with arrays ``t, x, y, p`` (DVS128 Gesture:
+  ``root/events_np/{train,test}/<label>/*.npz``; CIFAR10-DVS: ``root/events_np/<class_name>/*.npz``);
+- tonic DVSGesture: ``root/DVSGesture/ibmGestureTrain|ibmGestureTest/user*_*/<label>.npy``, (N, 4) ints
+  ``x, y, p, t`` with t in ms;
+- tonic CIFAR10DVS: ``root/CIFAR10DVS/<class_name>/*.aedat4`` (needs the optional ``aedat`` package);
+- the official ``cifar10-dvs-tet`` folders: ``root/{train,test}/<index>.pt`` holding ``(data, target)`` with time
+  on the last axis.
+
+Framing follows spikingjelly's ``split_by="number"`` rule used by the paper: frame i holds events
+``[i*(N//T), (i+1)*(N//T))`` and the last frame ends at N (the remainder goes into the last frame, no event is
+dropped); channel 0 counts p == 0, channel 1 counts p != 0. Frames hold event counts (float32).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from .static import DatasetError
+
+FRAME_FORMAT_VERSION = 1
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def integrate_frames(events: dict, T: int, H: int, W: int, split_by: str = "number") -> np.ndarray:
+    """Events (dict of t, x, y, p arrays) -> float32 frames [T, 2, H, W] of event counts.
+
+    number: equal event counts per frame, remainder into the last frame. time: equal time bins
+    (width (t_last - t_first) // T), the last bin absorbing the tail. With fewer than T events, the leading
+    frames are empty and the last frame gets them all (N // T = 0), exactly as the rule says.
+    """
+    if T < 1:
+        raise ValueError(f"T must be >= 1, got {T}")
+    x, y, p = (np.asarray(events[k]).astype(np.int64) for k in ("x", "y", "p"))
+    t = np.asarray(events["t"])
+    n = len(x)
+    if not (len(y) == len(p) == len(t) == n):
+        raise ValueError(f"event arrays differ in length: t {len(t)}, x {n}, y {len(y)}, p {len(p)}")
+    if n and (x.min() < 0 or x.max() >= W or y.min() < 0 or y.max() >= H):
+        raise ValueError(f"event coordinates outside the {W}x{H} sensor (x {x.min()}..{x.max()}, "
+                         f"y {y.min()}..{y.max()})")
+    pol = (p != 0).astype(np.int64)
+    if split_by == "number":
+        step = n // T
+        bounds = [i * step for i in range(T)] + [n]
+    elif split_by == "time":
+        if n == 0:
+            bounds = [0] * (T + 1)
+        else:
+            t0, width = int(t[0]), max((int(t[-1]) - int(t[0])) // T, 1)
+            edges = [t0 + i * width for i in range(T)]
+            bounds = [int(np.searchsorted(t, e, side="left")) for e in edges] + [n]
+            bounds[0] = 0
+    else:
+        raise ValueError(f"split_by must be 'number' or 'time', got {split_by!r}")
+    frames = np.zeros((T, 2 * H * W), np.float32)
+    flat = pol * (H * W) + y * W + x
+    for i in range(T):
+        a, b = bounds[i], bounds[i + 1]
+        if b > a:
+            frames[i] = np.bincount(flat[a:b], minlength=2 * H * W)
+    return frames.reshape(T, 2, H, W)
+
+
+# ---------------------------------------------------------------------------------------------- readers
+def read_npz_events(path: Path) -> dict:
+    try:
+        with np.load(path) as z:
+            missing = [k for k in ("t", "x", "y", "p") if k not in z.files]
+            if missing:
+                raise DatasetError(f"{path}: npz has no {missing} array(s) (found {z.files}); expected t, x, y, p")
+            return {k: z[k] for k in ("t", "x", "y", "p")}
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{path}: cannot read events ({e})") from e
+
+
+def read_tonic_npy(path: Path) -> dict:
+    a = np.load(path)
+    if a.ndim != 2 or a.shape[1] != 4:
+        raise DatasetError(f"{path}: expected an (N, 4) array of x, y, p, t(ms), got shape {a.shape}")
+    return {"x": a[:, 0], "y": a[:, 1], "p": a[:, 2], "t": a[:, 3].astype(np.int64) * 1000}
+
+
+def read_aedat4(path: Path) -> dict:
+    try:
+        import aedat
+    except ImportError as e:
+        raise ImportError(f"reading {path} (.aedat4) needs the optional package `aedat`: pip install aedat") from e
+    parts = [pkt["events"] for pkt in aedat.Decoder(str(path)) if "events" in pkt]
+    ev = np.concatenate(parts) if parts else np.zeros(0, dtype=[("t", "<u8"), ("x", "<u2"), ("y", "<u2"),
+                                                                  ("on", "?")])
+    pol = ev["on"] if "on" in ev.dtype.names else ev["p"]
+    return {"t": ev["t"], "x": ev["x"], "y": ev["y"], "p": pol}
+
+
+_READERS = {".npz": read_npz_events, ".npy": read_tonic_npy, ".aedat4": read_aedat4}
+
+
+# ---------------------------------------------------------------------------------------------- dataset
+class EventFrameDataset(Dataset):
+    """Samples (files, labels) of events framed into ``[T, 2, H, W]`` counts, cached on disk.
+
+    The cache folder name encodes everything that affects the frames (T, split rule, sensor size, format
+    version, a hash of the file list), so changing a parameter never serves stale frames. Writes are atomic.
+    """
+
+    def __init__(self, files: list[Path], labels: list[int], classes: list[str], T: int, sensor: tuple[int, int],
+                 split_by: str = "number", resize: int | None = None, cache_dir: str | os.PathLike | None = None,
+                 transform=None):
+        if not files:
+            raise DatasetError("no event files found")
+        self.files, self.labels, self.classes = files, labels, classes
+        self.T, (self.H, self.W), self.split_by, self.resize, self.transform = T, sensor, split_by, resize, transform
+        self.cache = None
+        if cache_dir is not None:
+            key = hashlib.sha1("\n".join(str(f) for f in files).encode()).hexdigest()[:10]
+            self.cache = Path(cache_dir) / (f"frames_v{FRAME_FORMAT_VERSION}_T{T}_{split_by}_{self.H}x{self.W}"
+                                            f"_r{resize or 0}_{key}")
+            self.cache.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def frames(self, i: int) -> torch.Tensor:
+        cached = self.cache / f"{i}.npy" if self.cache else None
+        if cached is not None and cached.is_file():
+            return torch.from_numpy(np.load(cached))
+        path = self.files[i]
+        reader = _READERS.get(path.suffix)
+        if reader is None:
+            raise DatasetError(f"{path}: unknown event file type (expected .npz, .npy or .aedat4)")
+        ev = reader(path)
+        order = np.argsort(np.asarray(ev["t"]), kind="stable")
+        ev = {k: np.asarray(v)[order] for k, v in ev.items()}
+        try:
+            fr = integrate_frames(ev, self.T, self.H, self.W, self.split_by)
+        except ValueError as e:
+            raise DatasetError(f"{path}: {e}") from e
+        out = torch.from_numpy(fr)
+        if self.resize and self.resize != self.H:
+            out = F.interpolate(out, size=(self.resize, self.resize), mode="bilinear", align_corners=False)
+        if cached is not None:
+            fd, tmp = tempfile.mkstemp(dir=self.cache, suffix=".npy")
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, out.numpy())
+            os.replace(tmp, cached)
+        return out
+
+    def __getitem__(self, i):
+        x = self.frames(i)
+        return (self.transform(x) if self.transform else x), int(self.labels[i])
+
+
+class TETFolderDataset(Dataset):
+    """Official ``cifar10-dvs-tet`` layout: ``root/{train,test}/<index>.pt`` with (data, target), time last."""
+
+    def __init__(self, root: Path, split: str, size: int = 64, transform=None):
+        d = root / ("train" if split == "train" else "test")
+        self.files = sorted(d.glob("*.pt"), key=lambda p: (len(p.stem), p.stem)) if d.is_dir() else []
+        if not self.files:
+            raise DatasetError(f"cifar10-dvs-tet: no <index>.pt files in {d}; expected {root}/{{train,test}}/0.pt, "
+                               f"1.pt, ... each holding (data [C,H,W,T] in [0,1], target)")
+        self.size, self.transform, self.classes = size, transform, CIFAR10_CLASSES
+
+    @property
+    def num_classes(self) -> int:
+        return 10
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i):
+        obj = torch.load(self.files[i], weights_only=True)
+        if not (isinstance(obj, (tuple, list)) and len(obj) == 2):
+            raise DatasetError(f"{self.files[i]}: expected a (data, target) pair, got {type(obj).__name__}")
+        data, target = obj
+        x = torch.as_tensor(data, dtype=torch.float32).movedim(-1, 0)  # [T, C, H, W]
+        x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return (self.transform(x) if self.transform else x), int(target)
+
+
+def _label_dirs(d: Path) -> list[Path]:
+    return sorted((p for p in d.iterdir() if p.is_dir()), key=lambda p: (not p.name.isdigit(),
+                                                                          int(p.name) if p.name.isdigit() else 0,
+                                                                          p.name))
+
+
+def gesture(root: str | None, split: str, T: int, cache_dir=None, split_by="number", transform=None):
+    root_p = Path(root or "./data/DVSGesture")
+    sj = root_p / "events_np" / ("train" if split == "train" else "test")
+    tonic = root_p / "DVSGesture" / ("ibmGestureTrain" if split == "train" else "ibmGestureTest")
+    files, labels = [], []
+    if sj.is_dir():
+        for d in _label_dirs(sj):
+            for f in sorted(d.glob("*.npz")):
+                files.append(f), labels.append(int(d.name))
+    elif tonic.is_dir():
+        for d in sorted(p for p in tonic.iterdir() if p.is_dir()):
+            for f in sorted(d.glob("*.npy")):
+                files.append(f), labels.append(int(f.stem))
+    if not files:
+        raise DatasetError(f"DVS128 Gesture {split} events not found under {root_p}. Expected either the "
+                           f"spikingjelly layout {sj}/<label 0-10>/*.npz (arrays t, x, y, p) or the tonic layout "
+                           f"{tonic}/user<NN>_<lighting>/<label>.npy. This tool does not download data.")
+    bad = [lab for lab in labels if not 0 <= lab < 11]
+    if bad:
+        raise DatasetError(f"DVS128 Gesture: label {bad[0]} outside 0..10 under {root_p}")
+    return EventFrameDataset(files, labels, [str(i) for i in range(11)], T, (128, 128), split_by,
+                             cache_dir=cache_dir or root_p / "frames_cache", transform=transform)
+
+
+def cifar10_dvs(root: str | None, split: str, T: int, cache_dir=None, split_by="number", train_ratio=0.9,
+                transform=None):
+    root_p = Path(root or "./data/cifar10-dvs")
+    candidates = [root_p / "events_np", root_p / "CIFAR10DVS", root_p]
+    base = next((c for c in candidates if c.is_dir() and any((c / n).is_dir() for n in CIFAR10_CLASSES)), None)
+    if base is None:
+        raise DatasetError(f"CIFAR10-DVS events not found under {root_p}. Expected {root_p}/events_np/<class>/*.npz "
+                           f"(spikingjelly) or {root_p}/CIFAR10DVS/<class>/*.aedat4 (tonic), class folders "
+                           f"{', '.join(CIFAR10_CLASSES)}. This tool does not download data.")
+    files, labels = [], []
+    for c, name in enumerate(CIFAR10_CLASSES):
+        fs = sorted(f for f in (base / name).glob("*") if f.suffix in (".npz", ".aedat4", ".npy"))
+        k = math.ceil(train_ratio * len(fs))  # official split: first ceil(0.9 n) of each class train, in order
+        sel = fs[:k] if split == "train" else fs[k:]
+        files += sel
+        labels += [c] * len(sel)
+    return EventFrameDataset(files, labels, CIFAR10_CLASSES, T, (128, 128), split_by, resize=64,
+                             cache_dir=cache_dir or root_p / "frames_cache", transform=transform)

@@ -1,0 +1,181 @@
+"""Static image datasets read from their real on-disk formats (nothing is ever downloaded).
+
+Every dataset returns ``(PIL.Image, int label)`` before ``transform``; ``transform`` (if given) is applied to
+the image. Missing or malformed files raise :class:`DatasetError` naming the path and the expected layout.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+
+class DatasetError(FileNotFoundError):
+    """Dataset files are missing or malformed; the message names the path and the expected layout."""
+
+
+class ArrayImageDataset(Dataset):
+    """Images held as a uint8 array ``[N, H, W]`` (grey) or ``[N, H, W, 3]`` (RGB) with integer labels."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, classes: list[str], transform=None):
+        if len(images) != len(labels):
+            raise DatasetError(f"{len(images)} images but {len(labels)} labels")
+        self.images, self.labels, self.classes, self.transform = images, labels.astype(np.int64), classes, transform
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        img = Image.fromarray(self.images[i], mode="L" if self.images.ndim == 3 else "RGB")
+        return (self.transform(img) if self.transform else img), int(self.labels[i])
+
+
+# ---------------------------------------------------------------------------------------------- IDX (MNIST family)
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (gzip'd or raw): magic 0x0000 <dtype> <ndim>, big-endian dims, then the data."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise DatasetError(f"{path}: cannot read IDX file ({e})") from e
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise DatasetError(f"{path}: not an IDX file (bad magic {data[:4].hex() if data else 'empty'}; "
+                           f"expected 0000 08 <ndim> for uint8)")
+    ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise DatasetError(f"{path}: truncated IDX header")
+    dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    need = int(np.prod(dims)) * dtype.itemsize
+    body = data[4 + 4 * ndim:]
+    if len(body) != need:
+        raise DatasetError(f"{path}: IDX payload is {len(body)} bytes, header {dims} needs {need} (truncated?)")
+    return np.frombuffer(body, dtype=dtype).reshape(dims)
+
+
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
+FASHION_DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
+
+
+def _find_idx(root: Path, stem: str) -> Path | None:
+    for d in (root, root / "FashionMNIST" / "raw", root / "raw"):
+        for name in (stem, stem + ".gz"):
+            if (d / name).is_file():
+                return d / name
+    return None
+
+
+def fashion_mnist(root: str | None, split: str, transform=None) -> ArrayImageDataset:
+    root_p = Path(root or FASHION_DEFAULT_ROOT)
+    prefix = "train" if split == "train" else "t10k"
+    files = {k: _find_idx(root_p, f"{prefix}-{k}") for k in ("images-idx3-ubyte", "labels-idx1-ubyte")}
+    missing = [k for k, v in files.items() if v is None]
+    if missing:
+        raise DatasetError(
+            f"Fashion-MNIST {split} files not found under {root_p} (missing {prefix}-{missing[0]}[.gz]). Expected "
+            f"{{train,t10k}}-{{images-idx3,labels-idx1}}-ubyte[.gz] directly in the folder or in FashionMNIST/raw/. "
+            f"On Debian/Ubuntu: `apt-get install dataset-fashion-mnist` installs them in {FASHION_DEFAULT_ROOT}.")
+    images = read_idx(files["images-idx3-ubyte"])
+    labels = read_idx(files["labels-idx1-ubyte"])
+    if images.ndim != 3 or labels.ndim != 1:
+        raise DatasetError(f"{files['images-idx3-ubyte']}: expected [N,28,28] images and [N] labels, got "
+                           f"{images.shape} and {labels.shape}")
+    if labels.size and labels.max() >= 10:
+        raise DatasetError(f"{files['labels-idx1-ubyte']}: label {labels.max()} out of range 0..9")
+    return ArrayImageDataset(np.ascontiguousarray(images), labels, FASHION_CLASSES, transform)
+
+
+# ---------------------------------------------------------------------------------------------- digits (embedded)
+def digits(split: str, transform=None, test_fraction: float = 0.2, seed: int = 0) -> ArrayImageDataset:
+    """scikit-learn's 8x8 UCI digits (shipped inside the wheel), 0..16 scaled to 0..255, stratified split."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = np.clip(np.round(d.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+    y = d.target.astype(np.int64)
+    rng = np.random.default_rng(seed)
+    test_idx = []
+    for c in range(10):
+        idx = np.flatnonzero(y == c)
+        test_idx.extend(rng.permutation(idx)[: int(round(len(idx) * test_fraction))])
+    mask = np.zeros(len(y), bool)
+    mask[test_idx] = True
+    sel = mask if split == "test" else ~mask
+    return ArrayImageDataset(x[sel], y[sel], [str(i) for i in range(10)], transform)
+
+
+# ---------------------------------------------------------------------------------------------- CIFAR (pickle)
+def _unpickle(path: Path) -> dict:
+    # The CIFAR python release *is* a set of pickles: only open dataset files you trust.
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="bytes")
+    except Exception as e:  # noqa: BLE001
+        raise DatasetError(f"{path}: cannot unpickle CIFAR batch ({e})") from e
+
+
+def cifar(name: str, root: str | None, split: str, transform=None) -> ArrayImageDataset:
+    root_p = Path(root or "./data")
+    if name == "cifar10":
+        base, files, key = "cifar-10-batches-py", ([f"data_batch_{i}" for i in range(1, 6)] if split == "train"
+                                                    else ["test_batch"]), b"labels"
+        meta, meta_key = "batches.meta", b"label_names"
+    else:
+        base, files, key = "cifar-100-python", ["train" if split == "train" else "test"], b"fine_labels"
+        meta, meta_key = "meta", b"fine_label_names"
+    d = next((p for p in (root_p / base, root_p) if all((p / f).is_file() for f in files)), None)
+    if d is None:
+        raise DatasetError(f"{name} {split} files not found under {root_p}. Expected the python release "
+                           f"layout {root_p}/{base}/{{{','.join(files)}}} (extract cifar-*-python.tar.gz there); "
+                           f"this tool does not download data.")
+    xs, ys = [], []
+    for f in files:
+        b = _unpickle(d / f)
+        if b"data" not in b or key not in b:
+            raise DatasetError(f"{d / f}: missing b'data' or {key!r} entry (keys: {sorted(b)[:6]})")
+        data = np.asarray(b[b"data"], dtype=np.uint8)
+        if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(b[key]):
+            raise DatasetError(f"{d / f}: expected data [N, 3072] with N labels, got {data.shape}, {len(b[key])}")
+        xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        ys.append(np.asarray(b[key], dtype=np.int64))
+    n_cls = 10 if name == "cifar10" else 100
+    classes = [str(i) for i in range(n_cls)]
+    if (d / meta).is_file():
+        m = _unpickle(d / meta)
+        if meta_key in m:
+            classes = [c.decode() if isinstance(c, bytes) else str(c) for c in m[meta_key]]
+    return ArrayImageDataset(np.ascontiguousarray(np.concatenate(xs)), np.concatenate(ys), classes, transform)
+
+
+# ---------------------------------------------------------------------------------------------- ImageNet folders
+def image_folder(root: str | None, split: str, transform=None):
+    from torchvision.datasets import ImageFolder
+
+    root_p = Path(root or "./data/imagenet")
+    names = ["train"] if split == "train" else ["val", "validation", "test"]
+    d = next((root_p / n for n in names if (root_p / n).is_dir()), None)
+    if d is None:
+        raise DatasetError(f"ImageNet-style {split} folder not found under {root_p}. Expected "
+                           f"{root_p}/{'train' if split == 'train' else 'val'}/<class_name>/<image>.JPEG")
+    try:
+        ds = ImageFolder(str(d), transform=transform)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise DatasetError(f"{d}: {e}. Expected one sub-folder per class holding images") from e
+    ds.num_classes = len(ds.classes)
+    return ds
