@@ -1,0 +1,65 @@
+"""Event-driven inference engine: a trained Spike-driven Transformer run with sparse additions and bit masks.
+
+    from spikedriven.engine import compile_model
+    eng = compile_model(model, threads=2)        # BN folded, weights re-laid out, numba kernels
+    res = eng.run(x)                             # x: [B,C,H,W] images or [B,T,C,H,W] event frames
+    res.logits, res.predictions, res.counts      # counts: per-layer accumulations actually performed
+
+Every layer whose input is spikes accumulates weight rows for the active inputs only (1x1 convs, linears and
+3x3 convs); SDSA runs on token-bit-packed spikes (K AND V, popcount over tokens, threshold, AND with Q); the
+encoding conv is the only dense layer. Needs ``numba`` (optional dependency, extra ``engine``).
+See docs/engine.md.
+"""
+from __future__ import annotations
+
+__all__ = ["compile_model", "EventEngine", "EngineResult", "LayerCount", "scale_thresholds", "expected_sops",
+           "compare_with_model", "add_cli", "numba_available"]
+
+
+def numba_available() -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _require_numba():
+    if not numba_available():
+        raise ImportError(
+            "spikedriven.engine needs numba for its event-driven kernels, and it is not installed. "
+            "Install it with `pip install numba` (or `pip install spikedriven[engine]`)."
+        )
+
+
+def compile_model(model, threads: int | None = None):
+    """Compile a (trained) ``SpikeDrivenTransformer`` into an :class:`EventEngine` (eval semantics).
+
+    BatchNorm is folded into the convs; the model itself is not modified. ``threads``: numba threads used by
+    each run (None: numba's default, i.e. all cores).
+    """
+    _require_numba()
+    from .compiler import compile_plan
+    from .executor import EventEngine
+
+    return EventEngine(compile_plan(model), threads=threads)
+
+
+def __getattr__(name):  # lazy, so that `import spikedriven.engine` works (and the CLI lists) without numba
+    if name in ("EventEngine", "EngineResult", "LayerCount"):
+        _require_numba()
+        from . import executor
+
+        return getattr(executor, name)
+    if name == "scale_thresholds":
+        from .compiler import scale_thresholds
+
+        return scale_thresholds
+    if name in ("expected_sops", "compare_with_model", "spike_agreement"):
+        from . import validate
+
+        return getattr(validate, name)
+    raise AttributeError(f"module 'spikedriven.engine' has no attribute {name!r}")
+
+
+from .cli import add_cli  # noqa: E402  (the `spikedriven infer` subcommand)

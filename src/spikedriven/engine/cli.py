@@ -1,0 +1,196 @@
+"""``spikedriven infer``: run a model with the event-driven engine (or the dense PyTorch path) on data."""
+from __future__ import annotations
+
+import gzip
+import os
+import time
+
+import numpy as np
+
+FMNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
+
+
+def add_cli(subparsers) -> None:
+    p = subparsers.add_parser(
+        "infer", help="inference with the event-driven engine (sparse additions) or the dense PyTorch model",
+        description="Predict classes for a dataset, images or an event .npz file. With --engine events, print the "
+                    "accumulations performed per layer (measured SOPs) next to the energy report's T x rate x FLOPs.")
+    p.add_argument("--model", help="registered model name (default: from the checkpoint's model_kwargs)")
+    p.add_argument("--config", help="YAML config instead of --model")
+    p.add_argument("--checkpoint", help="weights (.pth.tar/.pth/.safetensors)")
+    p.add_argument("--ema", action="store_true")
+    p.add_argument("--engine", choices=["events", "dense"], default="events")
+    p.add_argument("--data", default="random",
+                   help="fashion-mnist | digits | random | image file(s)/folder | event .npz ([T,C,H,W] or [B,T,C,H,W])")
+    p.add_argument("--limit", type=int, default=256, help="number of samples from a dataset (0 = all)")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (numba / torch)")
+    p.add_argument("--mean", type=float, nargs="*", help="normalisation mean (default: checkpoint meta or 0.5)")
+    p.add_argument("--std", type=float, nargs="*", help="normalisation std (default: checkpoint meta or 0.5)")
+    p.add_argument("--show", type=int, default=10, help="print the first N predictions")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cli)
+
+
+# ------------------------------------------------------------------ model and data
+def load_model(args):
+    """Model from --config/--model, else from the checkpoint's ``model_kwargs`` (engine benchmark checkpoints)."""
+    from ..model import SpikeDrivenTransformer
+
+    meta = {}
+    if args.checkpoint:
+        from ..checkpoint import load_checkpoint
+
+        _, meta = load_checkpoint(args.checkpoint, use_ema=getattr(args, "ema", False))
+    if args.config or args.model:
+        from ..cli import build_model_from_args
+
+        if not args.model and not args.config:
+            args.model = "sdt_cifar10_2_256"
+        model = build_model_from_args(args)
+    elif meta.get("model_kwargs"):
+        from ..checkpoint import load_into_model
+
+        model = SpikeDrivenTransformer(**meta["model_kwargs"])
+        load_into_model(model, args.checkpoint, strict=True, use_ema=getattr(args, "ema", False))
+    else:
+        raise ValueError("give --model or --config (the checkpoint carries no model_kwargs)")
+    return model.eval(), meta
+
+
+def _norm(x, meta, args, cin):
+    pre = meta.get("preprocess", {}) if isinstance(meta.get("preprocess"), dict) else {}
+    mean = args.mean or [pre.get("mean", 0.5)]
+    std = args.std or [pre.get("std", 0.5)]
+    m = np.asarray(mean, np.float32).reshape(-1, 1, 1)
+    s = np.asarray(std, np.float32).reshape(-1, 1, 1)
+    return ((x - m) / s).astype(np.float32)
+
+
+def _fit(x, size):
+    """[N,C,h,w] in [0,1] -> [N,C,size,size]: zero-pad if smaller (centred), else resize."""
+    import torch
+    import torch.nn.functional as F
+
+    h, w = x.shape[-2:]
+    if h <= size and w <= size:
+        t, l = (size - h) // 2, (size - w) // 2
+        out = np.zeros(x.shape[:-2] + (size, size), np.float32)
+        out[..., t:t + h, l:l + w] = x
+        return out
+    return F.interpolate(torch.from_numpy(x), size=(size, size), mode="bilinear", align_corners=False).numpy()
+
+
+def load_data(args, model, meta):
+    """Returns (inputs float32 array, labels or None, description)."""
+    cin, size, T = model.in_channels, model.img_size, model.T
+    lim = args.limit or None
+    d = args.data
+    if d == "fashion-mnist":
+        root = next((r for r in FMNIST_DIRS if os.path.isdir(r)), None)
+        if root is None:
+            raise FileNotFoundError("Fashion-MNIST IDX files not found (apt-get install dataset-fashion-mnist)")
+        with gzip.open(os.path.join(root, "t10k-images-idx3-ubyte.gz")) as f:
+            x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)[:lim]
+        with gzip.open(os.path.join(root, "t10k-labels-idx1-ubyte.gz")) as f:
+            y = np.frombuffer(f.read(), np.uint8, offset=8)[:lim].astype(np.int64)
+        x = _fit(x.astype(np.float32) / 255.0, size)
+        return _norm(np.repeat(x, cin, 1), meta, args, cin), y, f"Fashion-MNIST test[:{len(y)}]"
+    if d == "digits":
+        from sklearn.datasets import load_digits
+
+        dg = load_digits()
+        x = (dg.images[:, None].astype(np.float32) / 16.0)[:lim]
+        y = dg.target[:lim].astype(np.int64)
+        x = _fit(x, size)
+        return _norm(np.repeat(x, cin, 1), meta, args, cin), y, f"sklearn digits[:{len(y)}]"
+    if d == "random":
+        g = np.random.default_rng(args.seed)
+        n = lim or 16
+        if cin == 2:
+            return g.poisson(0.3, (n, T, cin, size, size)).astype(np.float32), None, f"random events x{n}"
+        return g.standard_normal((n, cin, size, size)).astype(np.float32), None, f"random images x{n}"
+    if d.endswith(".npz"):
+        z = np.load(d)
+        key = "frames" if "frames" in z.files else z.files[0]
+        x = z[key].astype(np.float32)
+        if x.ndim == 4:
+            x = x[None]
+        if x.ndim != 5:
+            raise ValueError(f"{d}: expected event frames [T,C,H,W] or [B,T,C,H,W], got {x.shape}")
+        y = z["labels"].astype(np.int64) if "labels" in z.files else None
+        return x[:lim], (y[:lim] if y is not None else None), f"event frames {d} {x.shape}"
+    # image file(s) / folder
+    from PIL import Image
+
+    paths = sorted(os.path.join(d, f) for f in os.listdir(d)) if os.path.isdir(d) else d.split(",")
+    imgs = []
+    for pth in paths[:lim]:
+        im = Image.open(pth).convert("L" if cin == 1 else "RGB")
+        a = np.asarray(im, np.float32) / 255.0
+        a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+        imgs.append(_fit(a[None], size)[0])
+    if not imgs:
+        raise FileNotFoundError(f"no images in {d}")
+    return _norm(np.stack(imgs), meta, args, cin), None, f"{len(imgs)} image(s)"
+
+
+# ------------------------------------------------------------------ command
+def _cli(args) -> int:
+    import torch
+
+    model, meta = load_model(args)
+    x, y, desc = load_data(args, model, meta)
+    n = len(x)
+    t0 = time.perf_counter()
+    counts: dict = {}
+    if args.engine == "events":
+        from . import compile_model
+
+        eng = compile_model(model, threads=args.threads)
+        eng.run(x[:1])  # JIT warm-up (cached after the first process)
+        t0 = time.perf_counter()
+        preds = []
+        for i in range(0, n, args.batch):
+            res = eng.run(x[i:i + args.batch])
+            preds.append(res.predictions)
+            for c in res.counts:
+                a = counts.setdefault(c.name, [c.kind, 0, 0, 0, 0])
+                a[1] += max(c.active_inputs, 0)
+                a[2] += c.input_neurons
+                a[3] += c.acc
+                a[4] += c.nominal
+        preds = np.concatenate(preds)
+    else:
+        from ..inference import prepare_inference
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        m = prepare_inference(model)
+        preds = []
+        with torch.inference_mode():
+            m(torch.from_numpy(x[:1]))
+            t0 = time.perf_counter()
+            for i in range(0, n, args.batch):
+                lg = m(torch.from_numpy(x[i:i + args.batch]))
+                preds.append((lg.mean(0) if lg.ndim == 3 else lg).argmax(-1).numpy())
+        preds = np.concatenate(preds)
+    dt = time.perf_counter() - t0
+    print(f"{args.engine} engine on {desc}: {n} samples in {dt:.2f} s ({1e3 * dt / max(n, 1):.2f} ms/sample)")
+    k = min(args.show, n)
+    if k:
+        print("predictions:", " ".join(map(str, preds[:k].tolist())) + (" ..." if n > k else ""))
+    if y is not None:
+        print(f"accuracy {float((preds == y[:n]).mean()):.4f}")
+    if counts:
+        print(f"per-layer work per sample (measured by the engine; 'nominal' = T x rate x FLOPs incl. padding taps):")
+        print(f"  {'layer':34s} {'kind':5s} {'in-rate':>8s} {'performed':>14s} {'nominal':>14s}")
+        tot = [0, 0]
+        for name, (kind, act, neu, acc, nom) in counts.items():
+            rate = f"{act / neu:.4f}" if kind == "sop" and neu else "-"
+            print(f"  {name:34s} {kind:5s} {rate:>8s} {acc / n:14,.0f} {nom / n:14,.0f}")
+            if kind == "sop":
+                tot[0] += acc
+                tot[1] += nom
+        print(f"  {'total SOPs (additions)':34s} {'':5s} {'':>8s} {tot[0] / n:14,.0f} {tot[1] / n:14,.0f}")
+    return 0

@@ -1,0 +1,181 @@
+"""Each sparse kernel of the event-driven engine equals its dense PyTorch counterpart (random binary inputs)."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("numba")
+from spikedriven.engine import kernels as K  # noqa: E402
+from spikedriven.neuron import lif_multistep_reference  # noqa: E402
+
+DENSITIES = [0.0, 0.01, 0.1, 0.5, 1.0]
+NO_RES = np.zeros((0, 0), np.float32)
+
+
+def binary(shape, p, seed):
+    g = np.random.default_rng(seed)
+    return (g.random(shape) < p).astype(np.uint8)
+
+
+def to_csr(s2d):
+    R, C = s2d.shape
+    idx = np.zeros((R, C), np.int32)
+    cnt = s2d.sum(1).astype(np.int32)
+    for r in range(R):
+        nz = np.flatnonzero(s2d[r])
+        idx[r, :len(nz)] = nz
+    return idx, cnt
+
+
+@pytest.mark.parametrize("p", DENSITIES)
+@pytest.mark.parametrize("resid", [False, True])
+def test_sparse_linear_matches_f_linear(p, resid):
+    R, Cin, Cout = 37, 48, 40
+    s = binary((R, Cin), p, 1)
+    g = np.random.default_rng(2)
+    w = g.standard_normal((Cout, Cin)).astype(np.float32)
+    b = g.standard_normal(Cout).astype(np.float32)
+    res = g.standard_normal((R, Cout)).astype(np.float32)
+    idx, cnt = to_csr(s)
+    out = np.empty((R, Cout), np.float32)
+    K.sparse_linear(idx, cnt, np.ascontiguousarray(w.T), b, res if resid else NO_RES, out)
+    ref = F.linear(torch.from_numpy(s).float(), torch.from_numpy(w), torch.from_numpy(b))
+    if resid:
+        ref = ref + torch.from_numpy(res)
+    np.testing.assert_allclose(out, ref.numpy(), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("p", DENSITIES)
+@pytest.mark.parametrize("hw", [(8, 8), (5, 7)])
+def test_sparse_conv3x3_matches_conv2d_and_counts(p, hw):
+    H, W = hw
+    NB, Cin, Cout = 3, 12, 20
+    s = binary((NB, H, W, Cin), p, 3)
+    g = np.random.default_rng(4)
+    w = g.standard_normal((Cout, Cin, 3, 3)).astype(np.float32)
+    b = g.standard_normal(Cout).astype(np.float32)
+    res = g.standard_normal((NB * H * W, Cout)).astype(np.float32)
+    idx, cnt = to_csr(s.reshape(-1, Cin))
+    out = np.empty((NB * H * W, Cout), np.float32)
+    acc = np.empty(NB * H, np.int64)
+    K.sparse_conv3x3(idx, cnt, NB, H, W, np.ascontiguousarray(w.transpose(1, 2, 3, 0)), b, res, out, acc)
+    xs = torch.from_numpy(s).permute(0, 3, 1, 2).float()
+    ref = F.conv2d(xs, torch.from_numpy(w), torch.from_numpy(b), padding=1).permute(0, 2, 3, 1).reshape(-1, Cout)
+    np.testing.assert_allclose(out, ref.numpy() + res, rtol=1e-5, atol=1e-4)
+    # additions performed = sum over outputs of active inputs inside its (unpadded) window, x Cout
+    window = F.conv2d(xs.sum(1, keepdim=True), torch.ones(1, 1, 3, 3), padding=1)
+    assert int(acc.sum()) == int(window.sum().item()) * Cout
+
+
+@pytest.mark.parametrize("p", [0.1, 1.0])
+def test_dense_conv3x3_matches_conv2d(p):
+    NB, H, W, Cin, Cout = 2, 6, 9, 3, 8
+    g = np.random.default_rng(5)
+    x = (g.standard_normal((NB, H, W, Cin)) * binary((NB, H, W, Cin), p, 6)).astype(np.float32)
+    w = g.standard_normal((Cout, Cin, 3, 3)).astype(np.float32)
+    b = g.standard_normal(Cout).astype(np.float32)
+    out = np.empty((NB * H * W, Cout), np.float32)
+    macs = np.empty(NB * H, np.int64)
+    K.dense_conv3x3(x.reshape(-1, Cin), NB, H, W, np.ascontiguousarray(w.transpose(1, 2, 3, 0)), b, out, macs)
+    ref = F.conv2d(torch.from_numpy(x).permute(0, 3, 1, 2), torch.from_numpy(w), torch.from_numpy(b), padding=1)
+    np.testing.assert_allclose(out, ref.permute(0, 2, 3, 1).reshape(-1, Cout).numpy(), rtol=1e-5, atol=1e-4)
+    inb = F.conv2d(torch.ones(1, 1, H, W), torch.ones(1, 1, 3, 3), padding=1).sum().item()
+    assert int(macs.sum()) == NB * int(inb) * Cin * Cout  # dense: every in-bounds tap, zero or not
+
+
+@pytest.mark.parametrize("p", DENSITIES)
+@pytest.mark.parametrize("hw", [(8, 8), (6, 10)])
+def test_pools_match_max_pool2d(p, hw):
+    H, W = hw
+    NB, C = 2, 10
+    s = binary((NB, H, W, C), p, 7)
+    H2, W2 = (H - 1) // 2 + 1, (W - 1) // 2 + 1
+    idx = np.empty((NB * H2 * W2, C), np.int32)
+    cnt = np.empty(NB * H2 * W2, np.int32)
+    K.or_pool_csr(s.reshape(-1, C), NB, H, W, idx, cnt)
+    ref = F.max_pool2d(torch.from_numpy(s).permute(0, 3, 1, 2).float(), 3, 2, 1).permute(0, 2, 3, 1).reshape(-1, C)
+    got = np.zeros((NB * H2 * W2, C), np.uint8)
+    for r in range(len(cnt)):
+        got[r, idx[r, :cnt[r]]] = 1
+    np.testing.assert_array_equal(got, ref.numpy().astype(np.uint8))
+    xr = np.random.default_rng(8).standard_normal((NB * H * W, C)).astype(np.float32)
+    out = np.empty((NB * H2 * W2, C), np.float32)
+    K.max_pool_dense(xr, NB, H, W, out)
+    ref = F.max_pool2d(torch.from_numpy(xr.reshape(NB, H, W, C)).permute(0, 3, 1, 2), 3, 2, 1)
+    np.testing.assert_array_equal(out, ref.permute(0, 2, 3, 1).reshape(-1, C).numpy())
+
+
+@pytest.mark.parametrize("vth", [1.0, 0.5, 0.37])
+@pytest.mark.parametrize("static", [False, True])
+def test_lif_kernels_bit_exact(vth, static):
+    T, R, C = 5, 33, 17
+    g = np.random.default_rng(9)
+    x = (g.standard_normal((1 if static else T, R, C)) * 1.5).astype(np.float32)
+    ref = lif_multistep_reference(torch.from_numpy(x).expand(T, R, C), v_threshold=vth).numpy().astype(np.uint8)
+    s = np.empty((T, R, C), np.uint8)
+    K.lif_dense(x, T, np.float32(vth), np.float32(0.5), np.float32(2.0), False, s)
+    np.testing.assert_array_equal(s, ref)
+    idx = np.empty((T * R, C), np.int32)
+    cnt = np.empty(T * R, np.int32)
+    K.lif_csr(x, T, np.float32(vth), np.float32(0.5), np.float32(2.0), False, idx, cnt)
+    got = np.zeros((T * R, C), np.uint8)
+    for r in range(T * R):
+        got[r, idx[r, :cnt[r]]] = 1
+    np.testing.assert_array_equal(got.reshape(T, R, C), ref)
+    # tau != 2 uses the division form, bit-identical to the reference
+    ref3 = lif_multistep_reference(torch.from_numpy(x).expand(T, R, C), v_threshold=vth, tau=3.0).numpy()
+    K.lif_dense(x, T, np.float32(vth), np.float32(1 / 3), np.float32(3.0), True, s)
+    np.testing.assert_array_equal(s, ref3.astype(np.uint8))
+
+
+@pytest.mark.parametrize("p", DENSITIES)
+def test_sdsa_bitpacked_matches_masks(p):
+    """q/k/v LIF + SDSA on token-packed bits == Q * LIF_0.5(sum_tokens(K * V)) computed densely."""
+    T, B, N, D = 3, 2, 70, 24  # N = 70: two 64-bit words, the second partly used
+    g = np.random.default_rng(10)
+    # drive so that each neuron spikes with probability ~p at the first step (p=0: never, p=1: always)
+    on = binary((T, B * N, 3 * D), p, 11).astype(np.float32)
+    pre = (on * 2.5 + (1 - on) * g.uniform(-1, 1.9, on.shape)).astype(np.float32)
+    pre[0] = on[0] * 2.5 + (1 - on[0]) * -1.0
+    NW = (N + 63) // 64
+    bits = [np.zeros((T, B, D, NW), np.uint64) for _ in range(4)]
+    mask = np.empty((T, B, D), np.uint8)
+    f = np.float32
+    K.qkv_lif_sdsa(pre, T, B, N, D, f(1), f(.5), f(2), f(1), f(.5), f(2), f(1), f(.5), f(2), f(.5), f(.5), f(2),
+                   False, *bits, mask)
+    xt = torch.from_numpy(pre).reshape(T, B, N, 3 * D)
+    q, k, v = (lif_multistep_reference(xt[..., i * D:(i + 1) * D]) for i in range(3))
+    m = lif_multistep_reference((k * v).sum(2, keepdim=True), v_threshold=0.5)  # [T,B,1,D]
+    y = (q * m).numpy().astype(np.uint8)  # [T,B,N,D]
+    np.testing.assert_array_equal(mask, m[:, :, 0].numpy().astype(np.uint8))
+
+    def unpack(bb):
+        by = bb.view(np.uint8).reshape(T, B, D, NW * 8)
+        return np.unpackbits(by, axis=-1, bitorder="little")[..., :N].transpose(0, 1, 3, 2)
+
+    np.testing.assert_array_equal(unpack(bits[0]), q.numpy().astype(np.uint8))
+    np.testing.assert_array_equal(unpack(bits[3]), y)
+    idx = np.empty((T * B * N, D), np.int32)
+    cnt = np.empty(T * B * N, np.int32)
+    K.tokenbits_to_csr(bits[3], N, idx, cnt)
+    got = np.zeros((T * B * N, D), np.uint8)
+    for r in range(len(cnt)):
+        got[r, idx[r, :cnt[r]]] = 1
+    np.testing.assert_array_equal(got.reshape(T, B, N, D), y)
+
+
+def test_token_mean_and_popcount():
+    T, B, N, D = 2, 3, 49, 16
+    x = np.random.default_rng(12).standard_normal((T * B * N, D)).astype(np.float32)
+    out = np.empty((T * B, D), np.float32)
+    K.token_mean(x, T, B, N, out)
+    np.testing.assert_allclose(out, x.reshape(T * B, N, D).mean(1), rtol=1e-5, atol=1e-6)
+
+    from numba import njit
+
+    @njit
+    def pc(a):
+        return K.popcount64(a)
+
+    for v in (0, 1, 2**63, 2**64 - 1, 0x0F0F):
+        assert pc(np.uint64(v)) == bin(v).count("1")
