@@ -1,78 +1,269 @@
-"""Training: exact resume after an interrupt, recipe paths (mixup, EMA, TET) and a 2-process gloo run."""
+"""Training / evaluation: recipes, exact resume, Mixup / TET / EMA paths, eval CLI (tiny models on digits)."""
+from __future__ import annotations
+
 import os
-import subprocess
-import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
-from spikedriven.checkpoint import load_checkpoint
-from spikedriven.train import train
+os.environ.setdefault("SPIKEDRIVEN_LIF_BACKEND", "torch")
 
-TINY = dict(dim=32, layer=1, epochs=2, warmup_epochs=0, max_train_samples=128, max_eval_samples=64, batch_size=32,
-            val_batch_size=64, summary=False)
+from spikedriven.config import ConfigWarning  # noqa: E402
+from spikedriven.train import train  # noqa: E402
+from spikedriven.training.recipe import CONFIG_DIR, list_configs, resolve_recipe  # noqa: E402
+
+# a tiny SDT on 8x8 digits: 2x2 tokens, a few steps per epoch
+TINY = dict(dataset="digits", dim=16, layer=1, num_heads=2, time_steps=2, img_size=8, pooling_stat="0011",
+            batch_size=16, val_batch_size=64, max_train_samples=96, max_eval_samples=64, epochs=2,
+            cooldown_epochs=0, warmup_epochs=1, warmup_lr=1e-4, opt="adamw", lr=3e-3, weight_decay=0.01,
+            sched="cosine", workers=0, progress=False, tensorboard=False, plot=False, summary=False,
+            save_safetensors=False, threads=1, scale=[0.7, 1.0], ratio=[0.9, 1.1], hflip=0.0, aa=None,
+            smoothing=0.1, seed=3)
 
 
-def _weights(run_dir):
-    sd, _ = load_checkpoint(Path(run_dir) / "last.pt")
-    return sd
+def _train(tmp_path, name, **kw):
+    cfg = {**TINY, **kw}
+    return train(dict(cfg), output=str(tmp_path), experiment=name, print_fn=lambda *_: None)
 
 
-def test_resume_after_interrupt_is_bit_identical(tmp_path):
-    full = train("digits", output=str(tmp_path / "a"), print_fn=lambda *a: None, **TINY)
-    cut = train("digits", output=str(tmp_path / "b"), print_fn=lambda *a: None, stop_after_steps=5, **TINY)
-    assert cut.get("stopped")
-    resumed = train("digits", output=str(tmp_path / "b"), print_fn=lambda *a: None, resume=str(cut["run_dir"]),
-                    **TINY)
-    a, b = _weights(full["run_dir"]), _weights(resumed["run_dir"])
+def _weights(run_dir, key="state_dict"):
+    ck = torch.load(Path(run_dir) / "last.pt", map_location="cpu", weights_only=True)
+    return ck[key]
+
+
+def _assert_same(a: dict, b: dict):
     assert a.keys() == b.keys()
     for k in a:
-        assert torch.equal(a[k], b[k]), k
-    assert full["top1"] == resumed["top1"]
+        assert torch.equal(a[k], b[k]), f"{k} differs"
 
 
-def test_run_folder_contents(tmp_path):
-    res = train("digits", output=str(tmp_path), print_fn=lambda *a: None, **{**TINY, "epochs": 1})
-    names = {p.name for p in Path(res["run_dir"]).iterdir()}
-    assert {"config.yaml", "metrics.csv", "tb", "last.pt", "best.pt", "best.safetensors", "curve.png"} <= names
-    assert not [n for n in names if n.endswith(".tmp")]
+# ------------------------------------------------------------------------------------------- recipes
+def test_official_yaml_semantics(tmp_path):
+    p = tmp_path / "official.yml"
+    p.write_text("dataset: torch/cifar10\nnum_classes: 10\nimg_size: 32\npooling_stat: '0011'\ntime_steps: 4\n"
+                 "layer: 2\ndim: 256\nmlp-ratio: 2\nmodel-ema: true\nTET: true\ndrop_path: 0.2\naug_repeats: 3\n"
+                 "opt: adamw\nlr: 3e-4\n")
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        r = resolve_recipe(p)
+    msgs = [str(x.message) for x in w if issubclass(x.category, ConfigWarning)]
+    assert any("'mlp-ratio'" in m for m in msgs) and any("'model-ema'" in m for m in msgs)
+    assert any("drop_path" in m for m in msgs) and any("aug_repeats" in m for m in msgs)
+    assert r.dataset == "cifar10" and r.model_ema is False  # hyphenated key: no effect, as official
+    kw = r.model_kwargs()
+    assert kw["embed_dim"] == 256 and kw["depth"] == 2 and kw["mlp_ratio"] == 4 and kw["tet"] is True
+    assert kw["drop_path_rate"] == 0.0 and kw["pooling_stat"] == "0011" and kw["in_channels"] == 3
+    # official defaults for omitted keys
+    assert r.sched == "step" and r.warmup_epochs == 3 and r.batch_size == 32
 
 
-@pytest.mark.parametrize("extra", [dict(mixup=0.8, cutmix=1.0), dict(model_ema=True, model_ema_decay=0.9),
-                                   dict(TET=True, TET_lamb=0.001, TET_means=1.0)])
-def test_recipe_paths_train_and_change_weights(tmp_path, extra):
-    res = train("digits", output=str(tmp_path), print_fn=lambda *a: None, **{**TINY, "epochs": 1}, **extra)
-    sd, meta = load_checkpoint(Path(res["run_dir"]) / "last.pt")
-    assert all(torch.isfinite(v.float()).all() for v in sd.values())
-    if extra.get("model_ema"):
-        ema, _ = load_checkpoint(Path(res["run_dir"]) / "last.pt", use_ema=True)
-        assert not torch.equal(ema["head.weight"], sd["head.weight"])  # EMA lags the live weights
+def test_cli_flags_are_real_booleans_and_override():
+    import argparse
+
+    from spikedriven.training.recipe import add_recipe_arguments, recipe_overrides_from_args
+
+    p = argparse.ArgumentParser()
+    add_recipe_arguments(p)
+    ov = recipe_overrides_from_args(p.parse_args(["--no-TET", "--warmup-epochs", "5", "-b", "8", "--scale", "0.5",
+                                                  "1", "--set", "mixup_off_epoch=7", "--lr", "1e-3"]))
+    assert ov == {"TET": False, "warmup_epochs": 5, "batch_size": 8, "scale": [0.5, 1.0], "mixup_off_epoch": 7,
+                  "lr": 1e-3}
+    assert recipe_overrides_from_args(p.parse_args(["--TET"]))["TET"] is True
+    r = resolve_recipe("cifar10_2_512_tet", ov, warn=False)
+    assert r.TET is False and r.model_kwargs()["tet"] is False and r.batch_size == 8
+    with pytest.raises(KeyError):
+        resolve_recipe(None, {"no_such_key": 1})
 
 
+def test_our_configs_match_the_registry():
+    from spikedriven.model import list_models, model_info
+
+    names = set(list_configs())
+    for n in list_models():
+        info = model_info(n)
+        assert info.recipe in names, f"{n}: recipe {info.recipe} missing from {CONFIG_DIR}"
+        r = resolve_recipe(info.recipe, warn=False)
+        kw = r.model_kwargs()
+        for k, v in info.kwargs.items():
+            assert kw[k] == v, f"{info.recipe}: {k} = {kw[k]} but registry {n} has {v}"
+    assert {"digits", "fashion_mnist"} <= names
+    for n in names:  # every recipe resolves without warnings (they use effective, underscore keys)
+        assert resolve_recipe(n, warn=False).warnings == [], n
+
+
+def test_default_recipe_is_digits_main_job():
+    from spikedriven.cli import build_parser
+
+    args = build_parser().parse_args(["train"])
+    assert args.config is None
+    from spikedriven.train import DEFAULT_CONFIG, _recipe_for
+
+    r = _recipe_for(args.config, {})
+    assert DEFAULT_CONFIG == "digits" and r.dataset == "digits" and r.progress
+
+
+# ------------------------------------------------------------------------------------------- exact resume
+def test_resume_after_interrupt_is_bit_identical(tmp_path):
+    """Uninterrupted run vs. stopped mid-epoch (step 5 of 2x6) + resumed: identical weights, EMA, metrics."""
+    extra = dict(mixup=0.8, cutmix=1.0, mixup_prob=0.7, model_ema=True, model_ema_decay=0.9, clip_grad=1.0,
+                 drop_path_rate=0.1)
+    full = _train(tmp_path, "full", **extra)
+    part = _train(tmp_path, "part", stop_after_steps=5, **extra)
+    assert part["stopped"] and part["global_step"] == 5
+    ck = torch.load(Path(part["run_dir"]) / "last.pt", map_location="cpu", weights_only=True)
+    for k in ("state_dict", "optimizer", "scheduler", "state_dict_ema", "rng", "next_epoch", "next_batch",
+              "global_step", "recipe", "model_kwargs"):
+        assert k in ck, k
+    assert (ck["next_epoch"], ck["next_batch"]) == (0, 5)
+    resumed = train(None, resume=part["run_dir"], print_fn=lambda *_: None)
+    assert resumed["global_step"] == full["global_step"] == 12
+    _assert_same(_weights(full["run_dir"]), _weights(resumed["run_dir"]))
+    _assert_same(_weights(full["run_dir"], "state_dict_ema"), _weights(resumed["run_dir"], "state_dict_ema"))
+    assert full["top1"] == resumed["top1"] and full["train_loss"] == resumed["train_loss"]
+    assert not list(Path(part["run_dir"]).glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+def test_resume_at_epoch_boundary(tmp_path):
+    full = _train(tmp_path, "full")
+    part = _train(tmp_path, "part", stop_after_steps=6)  # exactly one epoch (96 / 16)
+    resumed = train(None, resume=Path(part["run_dir"]) / "last.pt", print_fn=lambda *_: None)
+    _assert_same(_weights(full["run_dir"]), _weights(resumed["run_dir"]))
+
+
+# ------------------------------------------------------------------------------------------- paths
+def test_mixup_changes_inputs_and_targets():
+    from timm.loss import SoftTargetCrossEntropy
+
+    from spikedriven.training.data import apply_mixup, build_mixup
+    from spikedriven.training.losses import build_train_criterion
+
+    r = resolve_recipe(None, {**TINY, "mixup": 0.8, "cutmix": 1.0}, warn=False)
+    mix = build_mixup(r, 10)
+    assert mix is not None and isinstance(build_train_criterion(r, True), SoftTargetCrossEntropy)
+    x, y = torch.randn(8, 1, 8, 8), torch.arange(8)
+    xm, ym = apply_mixup(mix, x.clone(), y, seed=1)
+    assert ym.shape == (8, 10) and not torch.equal(xm, x)
+    assert torch.allclose(ym.sum(1), torch.ones(8))
+    assert (ym.max(1).values < 0.95).all()  # soft targets (mixed and smoothed)
+    xm2, ym2 = apply_mixup(mix, x.clone(), y, seed=1)  # seeded: reproducible
+    assert torch.equal(xm, xm2) and torch.equal(ym, ym2)
+    # event batches [B,T,C,H,W] are mixed too
+    xe, _ = apply_mixup(mix, torch.rand(8, 3, 2, 8, 8), y, seed=2)
+    assert xe.shape == (8, 3, 2, 8, 8)
+    assert build_mixup(resolve_recipe(None, TINY, warn=False), 10) is None
+
+
+def test_tet_loss_formula_and_training(tmp_path):
+    from spikedriven.training.losses import TETLoss
+
+    out, y = torch.randn(3, 4, 5), torch.tensor([0, 1, 2, 3])
+    ce = torch.nn.CrossEntropyLoss()
+    lam = 0.25
+    want = (1 - lam) * sum(ce(out[t], y) for t in range(3)) / 3 + lam * ((out - 1.0) ** 2).mean()
+    assert torch.allclose(TETLoss(ce, 1.0, lam)(out, y), want)
+    with pytest.raises(ValueError):
+        TETLoss(ce)(out.mean(0), y)
+    res = _train(tmp_path, "tet", TET=True, TET_lamb=0.001, epochs=1, max_train_samples=48)
+    trainer = res["trainer"]
+    assert trainer.model.tet and type(trainer.criterion).__name__ == "TETLoss"
+    x = torch.randn(2, 1, 8, 8)
+    assert trainer.model.eval()(x).shape == (2, 2, 10)  # per-step logits [T,B,K]
+    assert 0 <= res["top1"] <= 100
+
+
+def test_ema_tracks_but_differs_from_weights(tmp_path):
+    res = _train(tmp_path, "ema", model_ema=True, model_ema_decay=0.8, epochs=1)
+    tr = res["trainer"]
+    m, e = tr.model.state_dict(), tr.ema.module.state_dict()
+    init = type(tr.model)(**tr.model_kwargs).state_dict()
+    key = "head.weight"
+    assert not torch.equal(m[key], e[key]) and not torch.equal(e[key], init[key])
+    assert "ema_top1" in res
+    ck = torch.load(Path(res["run_dir"]) / "best.pt", map_location="cpu", weights_only=True)
+    assert "state_dict_ema" in ck
+
+
+def test_run_folder_and_eval_cli(tmp_path, capsys):
+    from spikedriven.cli import main
+
+    res = _train(tmp_path, "run", plot=True, tensorboard=True, save_safetensors=True, summary=True)
+    d = Path(res["run_dir"])
+    for f in ("config.yaml", "metrics.csv", "last.pt", "best.pt", "best.safetensors", "curve.png", "train.log"):
+        assert (d / f).exists(), f
+    assert list((d / "tb").iterdir())
+    rows = (d / "metrics.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("epoch,step,train_loss,eval_loss,top1,top5") and len(rows) == 3
+    assert "firing rates" in res["summary"]
+    # the resolved config reproduces the recipe without warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConfigWarning)
+        r2 = resolve_recipe(d / "config.yaml")
+    assert r2.model_kwargs() == res["trainer"].model_kwargs
+    # eval of our checkpoint (no --model needed) reproduces the final test metrics
+    assert main(["eval", "--checkpoint", str(d / "last.pt"), "--no-progress", "--max-samples", "64"]) == 0
+    out = capsys.readouterr().out
+    assert f"top-1 {res['top1']:.2f}%" in out
+    # eval by registry-free config + safetensors weights
+    assert main(["eval", "-c", str(d / "config.yaml"), "--checkpoint", str(d / "best.safetensors"),
+                 "--no-progress", "--max-samples", "64"]) == 0
+
+
+def test_event_path_trains(tmp_path):
+    """sim-fashion-mnist-dvs through the DVS path (event frames [B,T,2,H,W], Cutout aug)."""
+    res = _train(tmp_path, "dvs", dataset="sim-fashion-mnist-dvs", in_channels=None, img_size=32, time_steps=2,
+                 dvs_aug=True, epochs=1, max_train_samples=32, max_eval_samples=32, batch_size=16)
+    assert res["trainer"].is_event and 0 <= res["top1"] <= 100
+
+
+@pytest.mark.slow
+def test_digits_main_job_reaches_95(tmp_path):
+    res = train(None, output=str(tmp_path), progress=False, print_fn=lambda *_: None)
+    assert res["top1"] >= 95.0
+
+
+# ------------------------------------------------------------------------------------------- DDP (gloo, CPU)
 DDP_SCRIPT = """
 import os, sys, torch
+os.environ.setdefault("SPIKEDRIVEN_LIF_BACKEND", "torch")
 from spikedriven.train import train
 from spikedriven.training.loop import unwrap
-res = train("digits", output=sys.argv[1], print_fn=lambda *a: None, dim=32, layer=1, epochs=1, warmup_epochs=0,
-            max_train_samples=128, max_eval_samples=64, batch_size=16, val_batch_size=64, summary=False)
-m = unwrap(res["trainer"].model)
-torch.save({k: v.detach().cpu() for k, v in m.state_dict().items()},
-           os.path.join(sys.argv[1], f"rank{os.environ['RANK']}_weights.pt"))
+cfg = dict(dataset="digits", dim=16, layer=1, num_heads=2, time_steps=2, img_size=8, pooling_stat="0011",
+           batch_size=16, val_batch_size=64, max_train_samples=96, max_eval_samples=64, epochs=2, cooldown_epochs=0,
+           warmup_epochs=1, opt="adamw", lr=3e-3, sched="cosine", workers=0, progress=False, summary=False,
+           tensorboard=False, plot=False, mixup=0.5, model_ema=True, model_ema_decay=0.9, seed=3)
+res = train(cfg, output=sys.argv[1], experiment="ddp", print_fn=print)
+tr = res["trainer"]
+assert tr.env.world == 2 and tr.env.backend == "gloo" and tr.loaders["train"].sampler.world == 2
+torch.save({"w": {k: v.detach().cpu() for k, v in unwrap(tr.model).state_dict().items()},
+            "ema": tr.ema.module.state_dict(), "top1": res["top1"], "steps": res["global_step"]},
+           os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.pt"))
 """
 
 
 def test_two_process_gloo_ranks_identical(tmp_path):
+    import subprocess
+    import sys
+
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT)
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", str(script), str(tmp_path)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert out.returncode == 0, out.stderr[-3000:]
-    w0, w1 = (torch.load(tmp_path / f"rank{r}_weights.pt", weights_only=True) for r in (0, 1))
-    assert w0.keys() == w1.keys()
-    differ = [k for k in w0 if not torch.equal(w0[k], w1[k])]
-    # parameters are all-reduced every step; BN running statistics are per-rank between DDP's buffer broadcasts
-    assert all("running_" in k or "num_batches" in k for k in differ), differ
-    assert not [k for k in differ if "running_" not in k and "num_batches" not in k]
-    assert any(w0[k].abs().sum() > 0 for k in w0 if k.endswith("weight"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", str(script), str(tmp_path)],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    # 96 samples / 2 ranks / batch 16 = 3 steps per epoch on each rank
+    assert r0["steps"] == r1["steps"] == 6
+    # parameters are all-reduced every step -> identical; BN running statistics are per-rank (each rank
+    # normalises its own batches between DDP's buffer broadcasts from rank 0)
+    differ = [k for k in r0["w"] if not torch.equal(r0["w"][k], r1["w"][k])]
+    assert all("running_" in k for k in differ), differ
+    for k, v in r0["ema"].items():
+        if "running_" not in k:
+            assert torch.equal(v, r1["ema"][k]), k
+    assert r0["top1"] == r1["top1"]  # metrics reduced across ranks
+    # rank 0 alone wrote the run folder
+    assert (tmp_path / "ddp" / "last.pt").exists() and "epoch 2/2" in out.stdout
+    assert out.stdout.count("epoch 2/2") == 1

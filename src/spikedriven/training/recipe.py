@@ -191,7 +191,7 @@ UNSUPPORTED: dict[str, str] = {
 }
 # Keys the official files carry that need no warning (bookkeeping) and are otherwise ignored.
 IGNORED_QUIETLY = {"local_rank", "experiment_name", "train_split_path", "lr_noise_pct", "lr_noise_std",
-                   "resplit", "output_dir", "config"}
+                   "resplit", "output_dir", "config", "spikedriven_resolved"}
 
 
 class Recipe(dict):
@@ -258,7 +258,9 @@ class Recipe(dict):
         return kw
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(dict(self), sort_keys=False)
+        d = {k: v for k, v in self.items() if not str(k).startswith("_")}
+        d["spikedriven_resolved"] = True
+        return yaml.safe_dump(d, sort_keys=False)
 
 
 def normalise_dataset(name: str) -> str:
@@ -325,12 +327,13 @@ def resolve_recipe(config: str | os.PathLike | dict | None = None, overrides: di
     else:
         path = find_config(config)
         raw, source = load_yaml(path), str(path)
-    msgs += official_noop_warnings(raw)
+    if not raw.get("spikedriven_resolved"):  # a run's own config.yaml: no official no-op warnings again
+        msgs += official_noop_warnings(raw)
     values = {k: copy.deepcopy(v[0]) for k, v in SCHEMA.items()}
     explicit = set()
     for k, v in raw.items():
         k = str(k)
-        if "-" in k:
+        if "-" in k or k.startswith("_"):
             continue  # official semantics: no effect (warned above)
         k = ALIASES.get(k, k)
         if k in SCHEMA:
