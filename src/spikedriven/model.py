@@ -269,7 +269,8 @@ for _info in [
 
 def _small(name, dataset, D, K, params, conf, top1=None, T=4, img=32, cin=3, pool="0011", **kw):
     extra = {k: kw.pop(k) for k in ("notes", "recipe") if k in kw}
-    mkw = dict(img_size=img, in_channels=cin, num_classes=K, embed_dim=D, depth=2, T=T, pooling_stat=pool, **kw)
+    mkw = dict(img_size=img, in_channels=cin, num_classes=K, embed_dim=D, depth=kw.pop("depth", 2), T=T,
+               pooling_stat=pool, **kw)
     return ModelInfo(name, mkw, dataset, conf, params, top1, **extra)
 
 
@@ -292,6 +293,13 @@ for _info in [
     _small("sdt_cifar10dvs_2_256_t16", "cifar10-dvs", 256, 10, 2_566_794, None, 80.0, T=16, img=64, cin=2,
            dvs_mode=True, tet=True, recipe="cifar10dvs_t16",
            notes="the paper's 80.0% uses T=16; the official repo ships only the T=10 config"),
+    # ours: small models sized for a 2-core CPU (params are our own counts; no official counterpart)
+    _small("sdt_digits_1_64", "digits", 64, 10, 112_898, None, img=16, cin=1, pool="1100", depth=1,
+           recipe="digits", notes="the main job: sklearn digits, ~1 minute on 2 cores"),
+    _small("sdt_fmnist_2_128", "fashion-mnist", 128, 10, 645_882, None, img=28, cin=1, pool="1100",
+           recipe="fashion_mnist"),
+    _small("sdt_sim_fmnist_dvs_2_128_t10", "sim-fashion-mnist-dvs", 128, 10, 646_026, None, T=10, cin=2, pool="1100",
+           dvs_mode=True, tet=True, recipe="sim_fmnist_dvs", notes="SIMULATED events (spikedriven.data.simulate)"),
 ]:
     register_model(_info)
 
