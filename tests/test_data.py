@@ -179,6 +179,30 @@ def test_simulator_polarities_determinism_and_event_path(tmp_path):
     assert x.shape == (10, 2, 34, 34) and y == 2 and x[:, 0].sum() > 0 and x[:, 1].sum() > 0
 
 
+def test_interrupted_simulation_leaves_no_partial_split(tmp_path, monkeypatch):
+    import spikedriven.data.simulate as sim
+
+    img = np.zeros((28, 28), np.uint8)
+    img[8:20, 10:18] = 255
+    calls = {"n": 0}
+    real = sim.image_to_events
+
+    def dies_on_second(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(sim, "image_to_events", dies_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        write_simulated_dataset(np.stack([img, img]), np.array([1, 3]), tmp_path, "train")
+    assert not (tmp_path / "events_np" / "train").exists()  # only the hidden staging folder
+    monkeypatch.setattr(sim, "image_to_events", real)
+    write_simulated_dataset(np.stack([img, img]), np.array([1, 3]), tmp_path, "train")
+    files = sorted(p.relative_to(tmp_path / "events_np").as_posix() for p in tmp_path.rglob("*.npz"))
+    assert files == ["train/1/0.npz", "train/3/1.npz"]
+
+
 def test_no_download_and_unknown():
     with pytest.raises(RuntimeError, match="never downloads"):
         create_dataset("cifar10", download=True)
