@@ -191,3 +191,17 @@ def test_cli_uniform_rate_and_theory(capsys, tmp_path):
     assert main(["energy", "--theory", "--N", "196", "--D", "512"]) == 0
     out = capsys.readouterr().out
     assert "87.2x needs" in out and "VSA" in out
+
+
+def test_measured_report_normalises_like_training():
+    """--data NAME feeds the model the dataset's own mean/std (as the recipe's eval transform), not 0.5/0.5."""
+    from spikedriven.energy import _dataset_norm, _to_model_input
+
+    assert _dataset_norm("fmnist") == ((0.2860,), (0.3530,)) and _dataset_norm("digits") == ((0.3050,), (0.3800,))
+    assert _dataset_norm("imagenet")[0] != 0.5  # ImageNet statistics
+    assert _dataset_norm("gesture") == (0.5, 0.5)  # event frames: no normalisation defined
+    m = create_model("sdt_fmnist_2_128")
+    x = torch.full((1, 1, 28, 28), 0.2860)
+    x[0, 0, 0, 1] += 0.3530
+    y = _to_model_input(x, m, 28, *_dataset_norm("fashion-mnist"))
+    assert torch.allclose(y[0, 0, 0, :2], torch.tensor([0.0, 1.0]), atol=1e-6)

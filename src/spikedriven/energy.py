@@ -628,8 +628,9 @@ def _random_batches(model, n_batches: int, batch_size: int, img_size: int, seed:
             yield (torch.rand(batch_size, cin, img_size, img_size, generator=g) - 0.5) / 0.5
 
 
-def _to_model_input(x: torch.Tensor, model, img_size: int) -> torch.Tensor:
-    """[B,C,H,W] float in [0,1] -> model channels and size, normalised with mean/std 0.5."""
+def _to_model_input(x: torch.Tensor, model, img_size: int, mean=0.5, std=0.5) -> torch.Tensor:
+    """[B,C,H,W] float in [0,1] -> model channels and size, normalised with the dataset's mean/std (the
+    training recipe's eval transform; 0.5/0.5 where the dataset defines none)."""
     import torch.nn.functional as F
 
     if x.ndim == 3:
@@ -639,7 +640,19 @@ def _to_model_input(x: torch.Tensor, model, img_size: int) -> torch.Tensor:
         x = x.mean(1, keepdim=True).expand(-1, cin, -1, -1) if cin != 1 else x.mean(1, keepdim=True)
     if x.shape[-2:] != (img_size, img_size):
         x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=False)
-    return ((x - 0.5) / 0.5).contiguous()
+    m = torch.as_tensor(mean, dtype=x.dtype).reshape(-1, 1, 1)
+    sd = torch.as_tensor(std, dtype=x.dtype).reshape(-1, 1, 1)
+    return ((x - m) / sd).contiguous()
+
+
+def _dataset_norm(name: str):
+    """(mean, std) a model trained by our recipes on dataset ``name`` saw (DATASET_INFO, else 0.5 / 0.5)."""
+    try:
+        from .data import _ALIASES, DATASET_INFO
+    except ImportError:
+        return 0.5, 0.5
+    info = DATASET_INFO.get(_ALIASES.get(name.lower(), name.lower()), {})
+    return info.get("mean") or 0.5, info.get("std") or 0.5
 
 
 def _digits_batches(model, n_batches: int, batch_size: int, img_size: int):
@@ -649,11 +662,12 @@ def _digits_batches(model, n_batches: int, batch_size: int, img_size: int):
         raise ValueError("--data digits gives static images; this model expects event frames (use --data random)")
     d = load_digits()
     imgs = torch.tensor(d.images, dtype=torch.float32) / 16.0
+    mean, std = _dataset_norm("digits")
     for i in range(n_batches):
         chunk = imgs[i * batch_size:(i + 1) * batch_size]
         if len(chunk) == 0:
             return
-        yield _to_model_input(chunk, model, img_size)
+        yield _to_model_input(chunk, model, img_size, mean, std)
 
 
 def _dataset_batches(model, name: str, root: str, n_batches: int, batch_size: int, img_size: int):
@@ -666,6 +680,7 @@ def _dataset_batches(model, name: str, root: str, n_batches: int, batch_size: in
         raise ValueError(f"--data {name} needs spikedriven.data, which is not available here ({e}); "
                          f"use --data random or --data digits") from None
     ds = create_dataset(name, root, split="test", T=model.T)
+    mean, std = _dataset_norm(name)
     items = []
     for i in range(min(len(ds), n_batches * batch_size)):
         x = ds[i][0] if isinstance(ds[i], (tuple, list)) else ds[i]
@@ -682,7 +697,7 @@ def _dataset_batches(model, name: str, root: str, n_batches: int, batch_size: in
         else:
             if x.max() > 1.0:
                 x = x / 255.0
-            items.append(_to_model_input(x.unsqueeze(0), model, img_size)[0])
+            items.append(_to_model_input(x.unsqueeze(0), model, img_size, mean, std)[0])
         if len(items) == batch_size:
             yield torch.stack(items)
             items = []
@@ -695,8 +710,8 @@ def _batches_from_args(args, model, img_size):
         return _random_batches(model, args.batches, args.batch_size, img_size, args.seed)
     if args.data == "digits":
         return _digits_batches(model, args.batches, args.batch_size, img_size)
-    if not args.data_root:
-        raise ValueError(f"--data {args.data} needs --data-root PATH")
+    # no --data-root: the dataset's default location (e.g. the Debian package's Fashion-MNIST); a missing dataset
+    # raises spikedriven.data's error with the expected layout
     return _dataset_batches(model, args.data, args.data_root, args.batches, args.batch_size, img_size)
 
 
