@@ -1,6 +1,6 @@
 """Event-driven engine vs our fastest dense fp32 PyTorch path: agreement, latency/throughput vs firing rate.
 
-    python benchmarks/bench_engine.py --checkpoint runs/engine_fmnist_128/model.pth            # full run
+    python benchmarks/bench_engine.py --checkpoint runs/fmnist_fp32/best.pt   # full run
     python benchmarks/bench_engine.py --checkpoint ... --agreement 1000 --scales 1 --threads 1  # quick
 
 1. Agreement (threshold scale 1) on the Fashion-MNIST test set: predictions of the engine vs the PyTorch model
@@ -103,7 +103,7 @@ def best_dense(model, n, xs1, xs16):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", default="runs/engine_fmnist_128/model.pth")
+    ap.add_argument("--checkpoint", default="runs/fmnist_fp32/best.pt")
     ap.add_argument("--model", help="registered name (default: the checkpoint's model_kwargs)")
     ap.add_argument("--agreement", type=int, default=10000, help="test samples for the agreement check (0: skip)")
     ap.add_argument("--scales", type=float, nargs="+", default=[0.5, 0.75, 1.0, 1.5, 2.0, 3.0])

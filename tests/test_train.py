@@ -211,9 +211,20 @@ def test_run_folder_and_eval_cli(tmp_path, capsys):
 
 
 def test_event_path_trains(tmp_path):
-    """sim-fashion-mnist-dvs through the DVS path (event frames [B,T,2,H,W], Cutout aug)."""
-    res = _train(tmp_path, "dvs", dataset="sim-fashion-mnist-dvs", in_channels=None, img_size=32, time_steps=2,
-                 dvs_aug=True, epochs=1, max_train_samples=32, max_eval_samples=32, batch_size=16)
+    """sim-fashion-mnist-dvs through the DVS path (event frames [B,T,2,H,W], Cutout aug), on a tiny simulated
+    set written by the test (no Fashion-MNIST needed, nothing written outside tmp_path)."""
+    import numpy as np
+
+    from spikedriven.data.simulate import write_simulated_dataset
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "sim"
+    for split, n in (("train", 32), ("test", 16)):
+        imgs = (rng.random((n, 28, 28)) > 0.6).astype(np.uint8) * 255
+        write_simulated_dataset(imgs, np.arange(n) % 10, root, split, seed=n)
+    res = _train(tmp_path, "dvs", dataset="sim-fashion-mnist-dvs", data_dir=str(root), in_channels=None,
+                 img_size=32, time_steps=2, dvs_aug=True, epochs=1, batch_size=16)
+    assert res["trainer"].is_event and len(res["trainer"].loaders["train"].dataset) == 32
     assert res["trainer"].is_event and 0 <= res["top1"] <= 100
 
 
