@@ -278,3 +278,17 @@ def test_two_process_gloo_ranks_identical(tmp_path):
     # rank 0 alone wrote the run folder
     assert (tmp_path / "ddp" / "last.pt").exists() and "epoch 2/2" in out.stdout
     assert out.stdout.count("epoch 2/2") == 1
+
+
+def test_sample_limits_take_a_spread_subset_not_the_first_n():
+    """Folder datasets are sorted by class: max_train_samples must not keep only the first classes."""
+    from spikedriven.training.data import SeededDataset
+
+    base = [(torch.tensor(float(i)), i // 100) for i in range(1000)]  # 10 classes, sorted like a DVS folder
+    a, b = SeededDataset(base, limit=150), SeededDataset(base, limit=150, seed=7)
+    assert len(a) == 150 and [a[i] for i in range(150)] == [b[i] for i in range(150)]  # fixed subset
+    labels = [a[i][1] for i in range(150)]
+    assert set(labels) == set(range(10)) and max(labels.count(c) for c in range(10)) < 30
+    idx = [int(a[i][0]) for i in range(150)]
+    assert idx == sorted(set(idx))  # distinct, in dataset order
+    assert len(SeededDataset(base, limit=5000)) == 1000 and SeededDataset(base)[3][1] == 0

@@ -239,7 +239,7 @@ def add_cli(subparsers) -> None:
     e.add_argument("--ema", action="store_true", help="evaluate the EMA weights (state_dict_ema)")
     e.add_argument("--batch-size", dest="eval_batch_size", type=int, default=64)
     e.add_argument("--workers", dest="eval_workers", type=int, default=2)
-    e.add_argument("--max-samples", type=int, help="evaluate only the first N test samples")
+    e.add_argument("--max-samples", type=int, help="evaluate a fixed random subset of N test samples")
     e.add_argument("--amp", dest="eval_amp", action="store_true", help="autocast (CUDA fp16 / CPU bf16)")
     e.add_argument("--device", dest="eval_device", default="auto")
     e.add_argument("--no-progress", action="store_true")

@@ -55,13 +55,22 @@ class _ForkedRNG:
         torch.random.set_rng_state(self.states[2])
 
 
+SUBSET_SEED = 20231120  # max_train_samples / max_eval_samples subsets
+
+
 class SeededDataset(Dataset):
     """Applies ``transform`` to ``base[i]`` with the global RNGs seeded from ``(seed, epoch, i)``."""
 
     def __init__(self, base, transform=None, seed: int = 0, random_transform: bool = True, limit: int | None = None):
         self.base, self.transform, self.seed, self.random = base, transform, int(seed), random_transform
         self.epoch = 0
-        self.n = len(base) if limit is None else min(int(limit), len(base))
+        # ``limit``: a fixed pseudo-random subset (same for every run and seed), in dataset order. Not the first N:
+        # folder datasets (DVS, ImageFolder) are sorted by class, so the first N would hold only a few classes.
+        self.indices = None
+        if limit is not None and int(limit) < len(base):
+            g = torch.Generator().manual_seed(SUBSET_SEED)
+            self.indices = torch.randperm(len(base), generator=g)[: int(limit)].sort().values.tolist()
+        self.n = len(base) if self.indices is None else len(self.indices)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -70,7 +79,7 @@ class SeededDataset(Dataset):
         return self.n
 
     def __getitem__(self, i):
-        x, y = self.base[i]
+        x, y = self.base[i if self.indices is None else self.indices[i]]
         if self.transform is not None:
             if self.random:
                 with _ForkedRNG(_sample_seed(self.seed, self.epoch, i)):

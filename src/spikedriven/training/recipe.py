@@ -74,8 +74,8 @@ SCHEMA: dict[str, tuple[Any, str, str]] = {
     "val_batch_size": (16, "int", "evaluation batch per process"),
     "workers": (4, "int", "DataLoader worker processes (0 = load in the main process)"),
     "pin_mem": (False, "bool", "pin host memory (CUDA)"),
-    "max_train_samples": (None, "opt_int", "use only the first N training samples (quick runs)"),
-    "max_eval_samples": (None, "opt_int", "use only the first N evaluation samples (quick runs)"),
+    "max_train_samples": (None, "opt_int", "use a fixed random subset of N training samples (quick runs)"),
+    "max_eval_samples": (None, "opt_int", "use a fixed random subset of N evaluation samples (quick runs)"),
     # ---- model (official key names: dim, layer, time_steps)
     "model": ("sdt", "str", "'sdt' (build from dim/layer/... keys) or a registered name (spikedriven models)"),
     "dim": (None, "opt_int", "embedding dimension D"),
