@@ -292,3 +292,14 @@ def test_sample_limits_take_a_spread_subset_not_the_first_n():
     idx = [int(a[i][0]) for i in range(150)]
     assert idx == sorted(set(idx))  # distinct, in dataset order
     assert len(SeededDataset(base, limit=5000)) == 1000 and SeededDataset(base)[3][1] == 0
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_bf16_warns_only_where_it_is_emulated(tmp_path, monkeypatch, native):
+    import spikedriven.training.loop as loop
+
+    monkeypatch.setattr(loop, "_cpu_has_native_bf16", lambda: native)
+    res = _train(tmp_path, f"bf16_{native}", amp=True, epochs=1, max_train_samples=16, max_eval_samples=16)
+    tr = res["trainer"]
+    assert tr.amp_dtype == torch.bfloat16
+    assert any("no native bf16" in w for w in tr.warnings) is (not native)

@@ -226,7 +226,7 @@ class Trainer:
         dt = self._pick_amp_dtype()
         if dt == torch.bfloat16 and self.device.type == "cpu" and not _cpu_has_native_bf16():
             self._warn("bf16 autocast requested but this CPU has no native bf16 (no AVX512-BF16 / AMX): oneDNN "
-                       "emulates it and training runs several times slower than fp32 (measured ~7x on an AVX2 "
+                       "emulates it and training runs several times slower than fp32 (measured ~10x on an AVX2 "
                        "AMD EPYC); pass --no-amp to train in fp32")
         return dt
 
