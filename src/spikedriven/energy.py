@@ -648,10 +648,10 @@ def _to_model_input(x: torch.Tensor, model, img_size: int, mean=0.5, std=0.5) ->
 def _dataset_norm(name: str):
     """(mean, std) a model trained by our recipes on dataset ``name`` saw (DATASET_INFO, else 0.5 / 0.5)."""
     try:
-        from .data import _ALIASES, DATASET_INFO
+        from .data import DATASET_INFO, canonical_name
     except ImportError:
         return 0.5, 0.5
-    info = DATASET_INFO.get(_ALIASES.get(name.lower(), name.lower()), {})
+    info = DATASET_INFO.get(canonical_name(name), {})
     return info.get("mean") or 0.5, info.get("std") or 0.5
 
 

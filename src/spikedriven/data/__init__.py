@@ -12,7 +12,7 @@ from .events import (EventFrameDataset, TETFolderDataset, cifar10_dvs, gesture, 
 from .simulate import image_to_events, write_simulated_dataset
 from .static import DatasetError, cifar, digits, fashion_mnist, image_folder, read_idx
 
-__all__ = ["DATASET_INFO", "create_dataset", "DatasetError", "integrate_frames", "read_idx", "read_npz_events",
+__all__ = ["DATASET_INFO", "DATASET_ALIASES", "canonical_name", "create_dataset", "DatasetError", "integrate_frames", "read_idx", "read_npz_events",
            "read_tonic_npy", "image_to_events", "write_simulated_dataset", "EventFrameDataset"]
 
 DATASET_INFO: dict[str, dict] = {
@@ -32,8 +32,19 @@ DATASET_INFO: dict[str, dict] = {
     "sim-fashion-mnist-dvs": dict(num_classes=10, in_channels=2, img_size=34, is_event=True, simulated=True),
 }
 
-_ALIASES = {"torch/cifar10": "cifar10", "torch/cifar100": "cifar100", "fmnist": "fashion-mnist",
-            "fashion_mnist": "fashion-mnist", "dvs128-gesture": "gesture", "dvsgesture": "gesture"}
+# other spellings (official configs, torchvision/timm names) -> our dataset names
+DATASET_ALIASES = {
+    "torch/cifar10": "cifar10", "torch/cifar100": "cifar100", "cifar-10": "cifar10", "cifar-100": "cifar100",
+    "torch/fashion_mnist": "fashion-mnist", "torch/fashionmnist": "fashion-mnist", "fashion_mnist": "fashion-mnist",
+    "fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist", "dvs128-gesture": "gesture",
+    "dvsgesture": "gesture", "dvs-gesture": "gesture", "imagenet1k": "imagenet", "torch/imagenet": "imagenet",
+}
+
+
+def canonical_name(name: str) -> str:
+    """Our name for a dataset spelled ``name`` (case-insensitive; aliases resolved; unknown names lower-cased)."""
+    n = str(name or "").strip().lower()
+    return DATASET_ALIASES.get(n, n)
 
 
 def _split(split: str) -> str:
@@ -48,7 +59,7 @@ def _split(split: str) -> str:
 def create_dataset(name: str, root: str | None = None, split: str = "train", *, T: int | None = None,
                    transform=None, download: bool = False, **kwargs):
     """Build a dataset from files on disk. ``T`` (frames) is required for event datasets."""
-    name = _ALIASES.get(name.lower(), name.lower())
+    name = canonical_name(name)
     if name not in DATASET_INFO:
         raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASET_INFO))}")
     if download:

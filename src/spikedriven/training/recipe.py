@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from ..config import ConfigWarning, load_yaml, model_kwargs_from_official, official_noop_warnings
+from ..data import DATASET_ALIASES, canonical_name
 
 __all__ = ["Recipe", "SCHEMA", "resolve_recipe", "find_config", "list_configs", "add_recipe_arguments",
            "recipe_overrides_from_args", "DATASET_ALIASES", "CONFIG_DIR"]
@@ -159,12 +160,6 @@ SCHEMA: dict[str, tuple[Any, str, str]] = {
 ALIASES = {"b": "batch_size", "vb": "val_batch_size", "j": "workers", "tet": "TET", "tet_means": "TET_means",
            "tet_lamb": "TET_lamb", "T": "time_steps", "embed_dim": "dim", "depth": "layer"}
 
-DATASET_ALIASES = {
-    "torch/cifar10": "cifar10", "torch/cifar100": "cifar100", "cifar-10": "cifar10", "cifar-100": "cifar100",
-    "torch/fashion_mnist": "fashion-mnist", "torch/fashionmnist": "fashion-mnist", "fashion_mnist": "fashion-mnist",
-    "fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist", "dvs128-gesture": "gesture",
-    "dvsgesture": "gesture", "dvs-gesture": "gesture", "imagenet1k": "imagenet", "torch/imagenet": "imagenet",
-}
 
 # Official keys that exist in train.py (and in the conf files) but that this trainer does not implement.
 # A warning is given when they are set to something other than their default.
@@ -264,8 +259,7 @@ class Recipe(dict):
 
 
 def normalise_dataset(name: str) -> str:
-    n = str(name or "").strip()
-    return DATASET_ALIASES.get(n.lower(), n.lower())
+    return canonical_name(name)
 
 
 def list_configs() -> list[str]:
