@@ -36,17 +36,13 @@ def _recipe_for(config, overrides: dict, warn: bool = True) -> Recipe:
     if isinstance(config, Recipe):
         if not overrides:
             return copy.deepcopy(config)
-        base = {k: v for k, v in config.items() if not str(k).startswith("_")}
-        base["spikedriven_resolved"] = True
-        return resolve_recipe(base, overrides, warn=False)
+        return resolve_recipe(config.resolved_dict(), overrides, warn=False)
     resume = overrides.get("resume")
     if config is None and resume:
         ck = _read_resume_recipe(resume)
         if ck is not None:
             # run-control keys of the interrupted invocation are not inherited
-            base = {k: v for k, v in ck.items() if k not in ("resume", "stop_after_steps", "start_epoch")
-                    and not str(k).startswith("_")}
-            base["spikedriven_resolved"] = True
+            base = Recipe(ck).resolved_dict(drop=("resume", "stop_after_steps", "start_epoch"))
             return resolve_recipe(base, overrides, warn=False)
     return resolve_recipe(config if config is not None else DEFAULT_CONFIG, overrides, warn=warn)
 

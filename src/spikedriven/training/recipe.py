@@ -252,10 +252,15 @@ class Recipe(dict):
             kw["lif_backend"] = self["lif_backend"]
         return kw
 
-    def to_yaml(self) -> str:
-        d = {k: v for k, v in self.items() if not str(k).startswith("_")}
+    def resolved_dict(self, drop=()) -> dict:
+        """The recipe's values as a plain dict that ``resolve_recipe`` reads back unchanged and without the
+        official no-op warnings (private ``_`` keys and ``drop`` left out, marked ``spikedriven_resolved``)."""
+        d = {k: v for k, v in self.items() if not str(k).startswith("_") and k not in drop}
         d["spikedriven_resolved"] = True
-        return yaml.safe_dump(d, sort_keys=False)
+        return d
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.resolved_dict(), sort_keys=False)
 
 
 def normalise_dataset(name: str) -> str:
