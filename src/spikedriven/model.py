@@ -267,10 +267,9 @@ for _info in [
     register_model(_info)
 
 
-def _small(name, dataset, D, K, params, conf, top1=None, T=4, img=32, cin=3, pool="0011", **kw):
+def _small(name, dataset, D, K, params, conf, top1=None, T=4, img=32, cin=3, pool="0011", depth=2, **kw):
     extra = {k: kw.pop(k) for k in ("notes", "recipe") if k in kw}
-    mkw = dict(img_size=img, in_channels=cin, num_classes=K, embed_dim=D, depth=kw.pop("depth", 2), T=T,
-               pooling_stat=pool, **kw)
+    mkw = dict(img_size=img, in_channels=cin, num_classes=K, embed_dim=D, depth=depth, T=T, pooling_stat=pool, **kw)
     return ModelInfo(name, mkw, dataset, conf, params, top1, **extra)
 
 
