@@ -132,6 +132,22 @@ def test_resume_at_epoch_boundary(tmp_path):
     _assert_same(_weights(full["run_dir"]), _weights(resumed["run_dir"]))
 
 
+def test_time_limit_stops_mid_epoch_evaluates_and_resumes_exactly(tmp_path):
+    """A hard time budget: stop inside the epoch, evaluate, save; resuming without the limit ends where an
+    uninterrupted run ends."""
+    full = _train(tmp_path, "full")
+    part = _train(tmp_path, "part", time_limit=1e-9)  # over budget after the first step
+    assert part["global_step"] == 1 and part["epochs_run"] == 0
+    row = part["history"][-1]
+    assert row["epoch"] == 0 and row["step"] == 1 and "top1" in row  # evaluated although mid-epoch
+    ck = torch.load(Path(part["run_dir"]) / "last.pt", map_location="cpu", weights_only=True)
+    assert (ck["next_epoch"], ck["next_batch"]) == (0, 1)
+    assert (Path(part["run_dir"]) / "best.pt").exists()
+    resumed = train(None, resume=part["run_dir"], time_limit=None, print_fn=lambda *_: None)
+    assert resumed["global_step"] == full["global_step"] == 12
+    _assert_same(_weights(full["run_dir"]), _weights(resumed["run_dir"]))
+
+
 # ------------------------------------------------------------------------------------------- paths
 def test_mixup_changes_inputs_and_targets():
     from timm.loss import SoftTargetCrossEntropy

@@ -459,7 +459,8 @@ class Trainer:
                  + (" EMA" if self.ema else ""))
         if self.run_dir is not None:
             self.log(f"run folder: {self.run_dir}")
-        stopped = False
+        stopped = timed_out = False
+        limit_s = 60 * float(r["time_limit"]) if r.get("time_limit") is not None else None
         result: dict[str, Any] = {}
         while self.epoch < self.num_epochs:
             epoch = self.epoch
@@ -491,6 +492,13 @@ class Trainer:
                 if stop_at is not None and self.global_step >= int(stop_at):
                     stopped = True
                     break
+                if limit_s is not None:
+                    hit = self.elapsed() > limit_s
+                    if self.env.world > 1:  # clocks differ across ranks: all must stop at the same step
+                        hit = all_reduce_sum([float(hit)], self.env)[0] > 0
+                    if hit:
+                        timed_out = True  # a hard budget: stop mid-epoch, then evaluate what we have
+                        break
                 every = int(r.get("checkpoint_every") or 0)
                 if every and self.global_step % every == 0 and self.batch_in_epoch < self.steps_per_epoch:
                     self.save("last.pt")
@@ -501,12 +509,14 @@ class Trainer:
                 self.log(f"stopped after step {self.global_step} (epoch {epoch}, batch {self.batch_in_epoch}); "
                          f"continue with --resume {self.run_dir}")
                 break
-            # ---- epoch end
+            # ---- epoch end (or the time limit hit inside it)
             train_loss = self.loss_sum / max(self.loss_n, 1)
             train_loss = all_reduce_sum([train_loss], self.env)[0] / self.env.world
-            self.epoch, self.batch_in_epoch = epoch + 1, 0
+            partial = timed_out and self.batch_in_epoch < self.steps_per_epoch
+            if not partial:
+                self.epoch, self.batch_in_epoch = epoch + 1, 0
             last = self.epoch >= self.num_epochs
-            over_time = r.get("time_limit") is not None and self.elapsed() > 60 * float(r["time_limit"])
+            over_time = timed_out or (limit_s is not None and self.elapsed() > limit_s)
             row = {"epoch": epoch, "step": self.global_step, "train_loss": train_loss, "lr": self.current_lr()}
             if (epoch + 1) % max(int(r.get("eval_every") or 1), 1) == 0 or last or stopped or over_time:
                 row.update(self._evaluate_epoch())
@@ -526,7 +536,10 @@ class Trainer:
                 plot_curve(self.run_dir / "metrics.csv", self.run_dir / "curve.png", self._title())
             if stopped or over_time:
                 if over_time and not last:
-                    self.log(f"time limit of {r['time_limit']} min reached after epoch {epoch + 1}")
+                    where = (f"in epoch {epoch + 1} (batch {self.batch_in_epoch}/{self.steps_per_epoch})" if partial
+                             else f"after epoch {epoch + 1}")
+                    self.log(f"time limit of {r['time_limit']} min reached {where}; continue with a larger "
+                             f"--time-limit and --resume {self.run_dir}")
                 break
         barrier(self.env)
         result = self._final(stopped)

@@ -148,7 +148,7 @@ SCHEMA: dict[str, tuple[Any, str, str]] = {
     "recovery_interval": (0, "int", "official name for checkpoint_every"),
     "eval_every": (1, "int", "evaluate every N epochs (and always after the last)"),
     "stop_after_steps": (None, "opt_int", "stop (with last.pt) after this many steps, e.g. to test resume"),
-    "time_limit": (None, "opt_float", "stop after the first epoch that ends past this many minutes"),
+    "time_limit": (None, "opt_float", "minutes of training: stop there (mid-epoch if need be), evaluate and save"),
     "progress": (True, "bool", "progress bar"),
     "tensorboard": (True, "bool", "write TensorBoard logs under tb/"),
     "plot": (True, "bool", "write curve.png"),
