@@ -84,6 +84,20 @@ def test_trained_model_logits_and_spikes(trained_digits):
     assert 0.005 < np.mean(rates) < 0.6
 
 
+def test_backends_are_bit_identical(trained_digits):
+    from spikedriven.kernels._cpp import ENGINE_EXT
+
+    model, x, _ = trained_digits
+    if not ENGINE_EXT.load():
+        pytest.skip("C++ engine kernels did not build here")
+    a = compile_model(model, threads=2, backend="numba").run(x)
+    b = compile_model(model, threads=1, backend="cpp").run(x)
+    np.testing.assert_array_equal(a.logits, b.logits)
+    assert [(c.name, c.acc, c.active_inputs) for c in a.counts] == [(c.name, c.acc, c.active_inputs) for c in b.counts]
+    with pytest.raises(ValueError, match="engine backend must be one of"):
+        compile_model(model, backend="cuda")
+
+
 @pytest.mark.parametrize("kw", [
     dict(),
     dict(pooling_stat="1111", img_size=32, embed_dim=16, depth=2),

@@ -1,4 +1,7 @@
-"""Each sparse kernel of the event-driven engine equals its dense PyTorch counterpart (random binary inputs)."""
+"""Each sparse kernel of the event-driven engine equals its dense PyTorch counterpart (random binary inputs).
+
+The kernels that have a C++ twin (LIF to CSR, sparse linear, sparse 3x3 conv) run on both backends, which must
+agree bit for bit."""
 import numpy as np
 import pytest
 import torch
@@ -10,6 +13,38 @@ from spikedriven.neuron import lif_multistep_reference  # noqa: E402
 
 DENSITIES = [0.0, 0.01, 0.1, 0.5, 1.0]
 NO_RES = np.zeros((0, 0), np.float32)
+
+
+BACKENDS = ["numba", "cpp"]
+
+
+def _ops():
+    from spikedriven.kernels._cpp import ENGINE_EXT
+
+    if not ENGINE_EXT.load():
+        pytest.skip("C++ engine kernels did not build here")
+    return torch.ops.spikedriven_engine
+
+
+def run_sparse_linear(backend, idx, cnt, wt, b, res, out):
+    if backend == "numba":
+        return K.sparse_linear(idx, cnt, wt, b, res, out)
+    t = torch.from_numpy
+    _ops().sparse_linear(t(idx), t(cnt), t(wt), t(b), t(res), t(out), 2)
+
+
+def run_sparse_conv3x3(backend, idx, cnt, NB, H, W, w, b, res, out, acc):
+    if backend == "numba":
+        return K.sparse_conv3x3(idx, cnt, NB, H, W, w, b, res, out, acc)
+    t = torch.from_numpy
+    _ops().sparse_conv3x3(t(idx), t(cnt), NB, H, W, t(w), t(b), t(res), t(out), t(acc), 2)
+
+
+def run_lif_csr(backend, x, T, vth, k, tau, divide, idx, cnt):
+    if backend == "numba":
+        return K.lif_csr(x, T, vth, k, tau, divide, idx, cnt)
+    t = torch.from_numpy
+    _ops().lif_csr(t(x), T, float(vth), float(k), float(tau), divide, t(idx), t(cnt), 2)
 
 
 def binary(shape, p, seed):
@@ -27,10 +62,12 @@ def to_csr(s2d):
     return idx, cnt
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("p", DENSITIES)
 @pytest.mark.parametrize("resid", [False, True])
-def test_sparse_linear_matches_f_linear(p, resid):
-    R, Cin, Cout = 37, 48, 40
+@pytest.mark.parametrize("Cout", [40, 70])  # 5 blocks of 8; one block of 64 + a 6-column tail (C++)
+def test_sparse_linear_matches_f_linear(backend, p, resid, Cout):
+    R, Cin = 37, 48
     s = binary((R, Cin), p, 1)
     g = np.random.default_rng(2)
     w = g.standard_normal((Cout, Cin)).astype(np.float32)
@@ -38,16 +75,17 @@ def test_sparse_linear_matches_f_linear(p, resid):
     res = g.standard_normal((R, Cout)).astype(np.float32)
     idx, cnt = to_csr(s)
     out = np.empty((R, Cout), np.float32)
-    K.sparse_linear(idx, cnt, np.ascontiguousarray(w.T), b, res if resid else NO_RES, out)
+    run_sparse_linear(backend, idx, cnt, np.ascontiguousarray(w.T), b, res if resid else NO_RES, out)
     ref = F.linear(torch.from_numpy(s).float(), torch.from_numpy(w), torch.from_numpy(b))
     if resid:
         ref = ref + torch.from_numpy(res)
     np.testing.assert_allclose(out, ref.numpy(), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("p", DENSITIES)
 @pytest.mark.parametrize("hw", [(8, 8), (5, 7)])
-def test_sparse_conv3x3_matches_conv2d_and_counts(p, hw):
+def test_sparse_conv3x3_matches_conv2d_and_counts(backend, p, hw):
     H, W = hw
     NB, Cin, Cout = 3, 12, 20
     s = binary((NB, H, W, Cin), p, 3)
@@ -58,7 +96,8 @@ def test_sparse_conv3x3_matches_conv2d_and_counts(p, hw):
     idx, cnt = to_csr(s.reshape(-1, Cin))
     out = np.empty((NB * H * W, Cout), np.float32)
     acc = np.empty(NB * H, np.int64)
-    K.sparse_conv3x3(idx, cnt, NB, H, W, np.ascontiguousarray(w.transpose(1, 2, 3, 0)), b, res, out, acc)
+    run_sparse_conv3x3(backend, idx, cnt, NB, H, W, np.ascontiguousarray(w.transpose(1, 2, 3, 0)), b, res, out,
+                       acc)
     xs = torch.from_numpy(s).permute(0, 3, 1, 2).float()
     ref = F.conv2d(xs, torch.from_numpy(w), torch.from_numpy(b), padding=1).permute(0, 2, 3, 1).reshape(-1, Cout)
     np.testing.assert_allclose(out, ref.numpy() + res, rtol=1e-5, atol=1e-4)
@@ -105,9 +144,10 @@ def test_pools_match_max_pool2d(p, hw):
     np.testing.assert_array_equal(out, ref.permute(0, 2, 3, 1).reshape(-1, C).numpy())
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("vth", [1.0, 0.5, 0.37])
 @pytest.mark.parametrize("static", [False, True])
-def test_lif_kernels_bit_exact(vth, static):
+def test_lif_kernels_bit_exact(backend, vth, static):
     T, R, C = 5, 33, 17
     g = np.random.default_rng(9)
     x = (g.standard_normal((1 if static else T, R, C)) * 1.5).astype(np.float32)
@@ -117,7 +157,7 @@ def test_lif_kernels_bit_exact(vth, static):
     np.testing.assert_array_equal(s, ref)
     idx = np.empty((T * R, C), np.int32)
     cnt = np.empty(T * R, np.int32)
-    K.lif_csr(x, T, np.float32(vth), np.float32(0.5), np.float32(2.0), False, idx, cnt)
+    run_lif_csr(backend, x, T, np.float32(vth), np.float32(0.5), np.float32(2.0), False, idx, cnt)
     got = np.zeros((T * R, C), np.uint8)
     for r in range(T * R):
         got[r, idx[r, :cnt[r]]] = 1
@@ -126,6 +166,47 @@ def test_lif_kernels_bit_exact(vth, static):
     ref3 = lif_multistep_reference(torch.from_numpy(x).expand(T, R, C), v_threshold=vth, tau=3.0).numpy()
     K.lif_dense(x, T, np.float32(vth), np.float32(1 / 3), np.float32(3.0), True, s)
     np.testing.assert_array_equal(s, ref3.astype(np.uint8))
+    run_lif_csr(backend, x, T, np.float32(vth), np.float32(1 / 3), np.float32(3.0), True, idx, cnt)
+    got[:] = 0
+    for r in range(T * R):
+        got[r, idx[r, :cnt[r]]] = 1
+    np.testing.assert_array_equal(got.reshape(T, R, C), ref3.astype(np.uint8))
+
+
+@pytest.mark.parametrize("p", [0.05, 0.3, 1.0])
+def test_cpp_and_numba_kernels_bit_identical(p):
+    """Same float32 additions in the same order: the two backends agree exactly, not just closely."""
+    g = np.random.default_rng(11)
+    R, Cin, Cout = 29, 50, 137  # 2 blocks of 64 + one of 8 + a 1-column tail
+    idx, cnt = to_csr(binary((R, Cin), p, 12))
+    wt = g.standard_normal((Cin, Cout)).astype(np.float32)
+    b = g.standard_normal(Cout).astype(np.float32)
+    res = g.standard_normal((R, Cout)).astype(np.float32)
+    outs = [np.empty((R, Cout), np.float32) for _ in BACKENDS]
+    for be, out in zip(BACKENDS, outs):
+        run_sparse_linear(be, idx, cnt, wt, b, res, out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    NB, H, W = 2, 5, 6
+    idx, cnt = to_csr(binary((NB * H * W, Cin), p, 13))
+    w = g.standard_normal((Cin, 3, 3, Cout)).astype(np.float32)
+    res = g.standard_normal((NB * H * W, Cout)).astype(np.float32)
+    outs = [np.empty((NB * H * W, Cout), np.float32) for _ in BACKENDS]
+    accs = [np.empty(NB * H, np.int64) for _ in BACKENDS]
+    for be, out, acc in zip(BACKENDS, outs, accs):
+        run_sparse_conv3x3(be, idx, cnt, NB, H, W, w, b, res, out, acc)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(accs[0], accs[1])
+
+
+def test_cpp_kernels_reject_bad_arguments():
+    ops = _ops()
+    t = torch.from_numpy
+    idx, cnt = to_csr(binary((4, 6), 0.5, 1))
+    wt, b, out = np.zeros((6, 8), np.float32), np.zeros(8, np.float32), np.zeros((4, 8), np.float32)
+    with pytest.raises(RuntimeError, match="wt must be Float"):
+        ops.sparse_linear(t(idx), t(cnt), t(wt.astype(np.float64)), t(b), t(NO_RES), t(out), 1)
+    with pytest.raises(RuntimeError, match="out/bias shape mismatch"):
+        ops.sparse_linear(t(idx), t(cnt), t(wt), t(b), t(NO_RES), t(out[:, :5].copy()), 1)
 
 
 @pytest.mark.parametrize("p", DENSITIES)

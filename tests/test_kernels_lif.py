@@ -242,8 +242,9 @@ def test_build_failure_falls_back_with_one_warning(monkeypatch):
     def broken(verbose=False):
         raise RuntimeError("no compiler")
 
-    monkeypatch.setattr(K._cpp, "_build", broken)
-    monkeypatch.setattr(K._cpp, "_STATE", {"tried": False, "ok": False, "error": None})
+    ext = K._cpp.CppExtension("lif_cpu.cpp", "spikedriven_lif", "lif_fwd", "LIF kernel", "the torch reference")
+    monkeypatch.setattr(ext, "_build", broken)
+    monkeypatch.setattr(K._cpp, "LIF_EXT", ext)
     x = torch.randn(3, 4)
     with pytest.warns(RuntimeWarning, match="falling back"):
         assert resolve_backend(x) == "torch"

@@ -32,17 +32,18 @@ def _require_numba():
         )
 
 
-def compile_model(model, threads: int | None = None):
+def compile_model(model, threads: int | None = None, backend: str = "auto"):
     """Compile a (trained) ``SpikeDrivenTransformer`` into an :class:`EventEngine` (eval semantics).
 
-    BatchNorm is folded into the convs; the model itself is not modified. ``threads``: numba threads used by
-    each run (None: numba's default, i.e. all cores).
+    BatchNorm is folded into the convs; the model itself is not modified. ``threads``: threads used by each run
+    (None: all cores). ``backend``: ``"cpp"`` (C++ kernels for the neuron and accumulation layers, compiled on
+    first use), ``"numba"`` (numba only) or ``"auto"`` (``cpp`` if it builds); the results are bit-identical.
     """
     _require_numba()
     from .compiler import compile_plan
     from .executor import EventEngine
 
-    return EventEngine(compile_plan(model), threads=threads)
+    return EventEngine(compile_plan(model), threads=threads, backend=backend)
 
 
 def __getattr__(name):  # lazy, so that `import spikedriven.engine` works (and the CLI lists) without numba

@@ -24,7 +24,9 @@ def add_cli(subparsers) -> None:
                    help="fashion-mnist | digits | random | image file(s)/folder | event .npz ([T,C,H,W] or [B,T,C,H,W])")
     p.add_argument("--limit", type=int, default=256, help="number of samples from a dataset (0 = all)")
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (numba / torch)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (engine kernels / torch)")
+    p.add_argument("--engine-backend", choices=["auto", "cpp", "numba"], default="auto",
+                   help="kernels of the event engine: C++ (compiled on first use) or numba only; same results")
     p.add_argument("--mean", type=float, nargs="*", help="normalisation mean (default: checkpoint meta or 0.5)")
     p.add_argument("--std", type=float, nargs="*", help="normalisation std (default: checkpoint meta or 0.5)")
     p.add_argument("--show", type=int, default=10, help="print the first N predictions")
@@ -147,7 +149,7 @@ def _cli(args) -> int:
     if args.engine == "events":
         from . import compile_model
 
-        eng = compile_model(model, threads=args.threads)
+        eng = compile_model(model, threads=args.threads, backend=args.engine_backend)
         eng.run(x[:1])  # JIT warm-up (cached after the first process)
         t0 = time.perf_counter()
         preds = []

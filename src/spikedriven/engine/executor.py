@@ -14,7 +14,7 @@ import numpy as np
 from . import kernels as K
 from .compiler import Conv3x3, Linear, Neuron, Plan
 
-__all__ = ["LayerCount", "EngineResult", "EventEngine"]
+__all__ = ["LayerCount", "EngineResult", "EventEngine", "BACKENDS", "resolve_backend"]
 
 _NO_RES = np.zeros((0, 0), np.float32)
 
@@ -83,19 +83,48 @@ def _unpack_tokens(bits, N):
     return np.unpackbits(by, axis=-1, bitorder="little")[..., :N]
 
 
+BACKENDS = ("auto", "cpp", "numba")
+
+
+def resolve_backend(backend: str = "auto") -> str:
+    """``cpp``: the register-blocked C++ kernels (``kernels/csrc/engine_cpu.cpp``, compiled on first use) for the
+    neuron-to-CSR and sparse-accumulation layers, numba for the rest; ``numba``: numba kernels only; ``auto``:
+    ``cpp`` if it builds, else ``numba`` (after one warning). Both give bit-identical results."""
+    if backend not in BACKENDS:
+        raise ValueError(f"engine backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "numba":
+        return backend
+    from ..kernels._cpp import ENGINE_EXT
+
+    ok = ENGINE_EXT.load()
+    if backend == "cpp" and not ok:
+        raise RuntimeError(f"engine backend 'cpp' is unavailable: the C++ build failed ({ENGINE_EXT.error!r})")
+    return "cpp" if ok else "numba"
+
+
 class EventEngine:
     """Event-driven executor of a compiled Spike-driven Transformer (see ``spikedriven.engine.compile``)."""
 
-    def __init__(self, plan: Plan, threads: int | None = None):
+    def __init__(self, plan: Plan, threads: int | None = None, backend: str = "auto"):
         self.plan = plan
         self.threads = threads
+        self.backend = resolve_backend(backend)
 
     # ------------------------------------------------------------------ helpers
+    def _ops(self):
+        import torch
+
+        return torch.ops.spikedriven_engine, torch.from_numpy, int(self.threads or 0)
+
     def _lif_csr(self, x, n: Neuron, T):
         R, C = x.shape[1], x.shape[2]
         idx = np.empty((T * R, C), np.int32)
         cnt = np.empty(T * R, np.int32)
-        K.lif_csr(x, T, n.vth, n.k, n.tau, n.divide, idx, cnt)
+        if self.backend == "cpp":
+            ops, t, th = self._ops()
+            ops.lif_csr(t(x), T, float(n.vth), float(n.k), float(n.tau), bool(n.divide), t(idx), t(cnt), th)
+        else:
+            K.lif_csr(x, T, n.vth, n.k, n.tau, n.divide, idx, cnt)
         return idx, cnt
 
     def _lif_dense(self, x, n: Neuron, T):
@@ -103,17 +132,25 @@ class EventEngine:
         K.lif_dense(x, T, n.vth, n.k, n.tau, n.divide, s)
         return s
 
-    @staticmethod
-    def _linear(idx, cnt, lin: Linear, resid=None):
+    def _linear(self, idx, cnt, lin: Linear, resid=None):
         out = np.empty((cnt.shape[0], lin.wt.shape[1]), np.float32)
-        K.sparse_linear(idx, cnt, lin.wt, lin.b, _NO_RES if resid is None else resid, out)
+        res = _NO_RES if resid is None else resid
+        if self.backend == "cpp":
+            ops, t, th = self._ops()
+            ops.sparse_linear(t(idx), t(cnt), t(lin.wt), t(lin.b), t(res), t(out), th)
+        else:
+            K.sparse_linear(idx, cnt, lin.wt, lin.b, res, out)
         return out
 
-    @staticmethod
-    def _conv(idx, cnt, NB, H, W, conv: Conv3x3, resid=None):
+    def _conv(self, idx, cnt, NB, H, W, conv: Conv3x3, resid=None):
         out = np.empty((NB * H * W, conv.w.shape[3]), np.float32)
         acc = np.empty(NB * H, np.int64)
-        K.sparse_conv3x3(idx, cnt, NB, H, W, conv.w, conv.b, _NO_RES if resid is None else resid, out, acc)
+        res = _NO_RES if resid is None else resid
+        if self.backend == "cpp":
+            ops, t, th = self._ops()
+            ops.sparse_conv3x3(t(idx), t(cnt), NB, H, W, t(conv.w), t(conv.b), t(res), t(out), t(acc), th)
+        else:
+            K.sparse_conv3x3(idx, cnt, NB, H, W, conv.w, conv.b, res, out, acc)
         return out, int(acc.sum())
 
     # ------------------------------------------------------------------ input

@@ -95,7 +95,7 @@ def resolve_backend(x: torch.Tensor, backend: str = "auto", return_v: bool = Fal
         if x.device.type != "cpu":
             raise ValueError(f"backend 'cpp' needs a CPU tensor, got device {x.device}")
         if not _cpp.load():
-            raise RuntimeError(f"backend 'cpp' is unavailable: the C++ build failed ({_cpp._STATE['error']!r})")
+            raise RuntimeError(f"backend 'cpp' is unavailable: the C++ build failed ({_cpp.LIF_EXT.error!r})")
         return "cpp"
     # triton
     if x.device.type != "cuda":

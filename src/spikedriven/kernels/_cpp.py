@@ -23,13 +23,11 @@ from pathlib import Path
 
 import torch
 
-_SRC = Path(__file__).with_name("csrc") / "lif_cpu.cpp"
-_LOCK = threading.Lock()
-_STATE: dict = {"tried": False, "ok": False, "error": None}
+_CSRC = Path(__file__).with_name("csrc")
 
 # -fno-trapping-math lets gcc if-convert the `h >= v_th` selects; without it gcc 12 vectorises the loops only when
 # AVX-512 masking is available and leaves them scalar on AVX2 machines (measured 7x slower on an AMD EPYC).
-# It changes no rounding (no reassociation, no contraction), so the kernel stays bit-exact.
+# It changes no rounding (no reassociation, no contraction), so the kernels stay bit-exact.
 _BASE_CFLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
 
 
@@ -49,60 +47,71 @@ def _arch_flags() -> list[str]:
     return []
 
 
-def _build_name(cflags: list[str]) -> str:
-    h = hashlib.sha256()
-    h.update(_SRC.read_bytes())
-    h.update(" ".join(cflags).encode())
-    h.update(torch.__version__.encode())
-    try:
-        cap = torch.backends.cpu.get_cpu_capability()
-    except Exception:  # pragma: no cover
-        cap = "DEFAULT"
-    return f"spikedriven_lif_cpu_{cap.lower()}_{h.hexdigest()[:12]}"
+class CppExtension:
+    """One C++ source in ``csrc/`` that registers ``torch.ops.<namespace>``, compiled on first use and cached.
+
+    The build name holds a hash of the source, the flags, the torch version and the CPU capability, so an edited
+    source or a cache moved to another kind of CPU rebuilds instead of loading a stale or illegal binary.
+    """
+
+    def __init__(self, source: str, namespace: str, probe_op: str, what: str, fallback: str):
+        self.src = _CSRC / source
+        self.namespace, self.probe_op, self.what, self.fallback = namespace, probe_op, what, fallback
+        self._lock = threading.Lock()
+        self.tried = self.ok = False
+        self.error: BaseException | None = None
+
+    def _build_name(self, cflags: list[str]) -> str:
+        h = hashlib.sha256()
+        h.update(self.src.read_bytes())
+        h.update(" ".join(cflags).encode())
+        h.update(torch.__version__.encode())
+        try:
+            cap = torch.backends.cpu.get_cpu_capability()
+        except Exception:  # pragma: no cover
+            cap = "DEFAULT"
+        return f"spikedriven_{self.src.stem}_{cap.lower()}_{h.hexdigest()[:12]}"
+
+    def _build(self, verbose: bool = False) -> None:
+        ns = getattr(torch.ops, self.namespace, None)
+        if ns is not None and hasattr(ns, self.probe_op):
+            return  # already registered in this process
+        from torch.utils import cpp_extension
+
+        if not self.src.is_file():
+            raise FileNotFoundError(f"C++ source not found: {self.src} (package data missing?)")
+        cflags = _BASE_CFLAGS + _arch_flags()
+        cpp_extension.load(name=self._build_name(cflags), sources=[str(self.src)], extra_cflags=cflags,
+                           extra_ldflags=["-fopenmp"], is_python_module=False, verbose=verbose)
+
+    def load(self, verbose: bool = False) -> bool:
+        """Build/load once per process. True if the operators are usable; on failure warns once
+        (RuntimeWarning) and returns False from then on."""
+        if self.tried:
+            return self.ok
+        with self._lock:
+            if self.tried:
+                return self.ok
+            try:
+                self._build(verbose)
+                self.ok = True
+            except Exception as exc:  # no compiler, no ninja, broken toolchain, ...
+                self.ok, self.error = False, exc
+                last = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+                warnings.warn(f"spikedriven.kernels: could not build the C++ {self.what}, falling back to "
+                              f"{self.fallback} ({type(exc).__name__}: {last})", RuntimeWarning, stacklevel=3)
+            self.tried = True
+        return self.ok
 
 
-def _build(verbose: bool = False) -> None:
-    """Compile (or reuse the cached build of) the extension and register its operators; raises on failure."""
-    if hasattr(torch.ops, "spikedriven_lif") and hasattr(torch.ops.spikedriven_lif, "lif_fwd"):
-        return  # already registered in this process
-    from torch.utils import cpp_extension
-
-    if not _SRC.is_file():
-        raise FileNotFoundError(f"C++ source not found: {_SRC} (package data missing?)")
-    cflags = _BASE_CFLAGS + _arch_flags()
-    cpp_extension.load(
-        name=_build_name(cflags),
-        sources=[str(_SRC)],
-        extra_cflags=cflags,
-        extra_ldflags=["-fopenmp"],
-        is_python_module=False,
-        verbose=verbose,
-    )
+LIF_EXT = CppExtension("lif_cpu.cpp", "spikedriven_lif", "lif_fwd", "LIF kernel", "the torch reference on CPU")
+ENGINE_EXT = CppExtension("engine_cpu.cpp", "spikedriven_engine", "sparse_linear", "event-engine kernels",
+                          "the numba kernels")
 
 
 def load(verbose: bool = False) -> bool:
-    """Build/load the extension once per process. Returns True if its operators are usable; on failure warns
-    once (RuntimeWarning) and returns False from then on."""
-    if _STATE["tried"]:
-        return _STATE["ok"]
-    with _LOCK:
-        if _STATE["tried"]:
-            return _STATE["ok"]
-        try:
-            _build(verbose)
-            _STATE["ok"] = True
-        except Exception as exc:  # no compiler, no ninja, broken toolchain, ...
-            _STATE["ok"] = False
-            _STATE["error"] = exc
-            last = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
-            warnings.warn(
-                "spikedriven.kernels: could not build the C++ LIF kernel, falling back to the torch reference "
-                f"on CPU ({type(exc).__name__}: {last})",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        _STATE["tried"] = True
-    return _STATE["ok"]
+    """Build/load the LIF extension (see :meth:`CppExtension.load`)."""
+    return LIF_EXT.load(verbose)
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
