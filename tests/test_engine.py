@@ -104,6 +104,7 @@ def test_backends_are_bit_identical(trained_digits):
     dict(pooling_stat="0101", spike_mode="plif"),
     dict(tet=True, num_classes=4),
     dict(in_channels=2, pooling_stat="0111", img_size=16, T=4),
+    dict(in_channels=2, pooling_stat="0011", img_size=16, T=3, dvs_mode=True, tet=True),  # Erode inside SDSA
 ])
 def test_engine_matches_model_variants(kw):
     x = None
@@ -120,6 +121,18 @@ def test_engine_matches_model_variants(kw):
     assert res.logits.shape == ref.shape
     if ag.mismatched == 0:
         np.testing.assert_allclose(res.logits, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_dvs_mode_erode_is_exact_and_matters():
+    """dvs_mode (official Erode: OR over 3x3 neighbourhoods of k, v, K&V and the SDSA output) matches the model
+    spike for spike, and dropping the Erode from the plan does not."""
+    torch.manual_seed(5)
+    x = torch.poisson(torch.full((3, 3, 2, 16, 16), 0.4))
+    model, x = _calibrated(1, x, in_channels=2, pooling_stat="0011", img_size=16, T=3, dvs_mode=True)
+    eng = compile_model(model)
+    assert eng.plan.dvs_mode and compare_with_model(model, eng, x).mismatched == 0
+    eng.plan.dvs_mode = False
+    assert compare_with_model(model, eng, x).per_layer["block.0.attn.talking_heads_lif"][0] > 0
 
 
 def test_untrained_model_bn_not_folded_in_place():

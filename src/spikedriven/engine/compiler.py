@@ -2,7 +2,7 @@
 
 BatchNorm is folded into each conv (``spikedriven.inference.fold_bn``); weights are re-laid out so that one
 input spike adds one contiguous row of ``Cout`` floats (see ``kernels``); neuron thresholds and decay are read
-from each neuron module. Only the paper's model is supported: attn_mode "sdsa", shortcut "ms", no DVS erode.
+from each neuron module. Only the paper's model is supported: attn_mode "sdsa", shortcut "ms" (with or without the DVS Erode).
 """
 from __future__ import annotations
 
@@ -69,6 +69,8 @@ class Plan:
     blocks: list = field(default_factory=list)
     head_lif: Neuron | None = None
     head: Linear | None = None
+    dvs_mode: bool = False  # official DVS "Erode" (3x3 max = OR of spikes) on k, v, K&V and the SDSA output
+    num_heads: int = 8  # only dvs_mode depends on it: Erode in the head layout mixes lanes of one head
 
 
 def _f32(t: torch.Tensor) -> np.ndarray:
@@ -139,8 +141,6 @@ def compile_plan(model: nn.Module) -> Plan:
         if getattr(model, attr, want) != want:
             raise NotImplementedError(f"the event-driven engine runs the paper's model only ({attr}={want!r}); "
                                       f"got {attr}={getattr(model, attr)!r}")
-    if getattr(model, "dvs_mode", False):
-        raise NotImplementedError("dvs_mode (Erode max-pools inside SDSA) is not supported by the engine yet")
     if not getattr(model, "bn_folded", False):
         model = fold_bn(model)  # eval-mode copy
     pe = model.patch_embed
@@ -149,7 +149,8 @@ def compile_plan(model: nn.Module) -> Plan:
     stem_lifs = [_neuron(f"patch_embed.proj_lif{s}", getattr(pe, f"proj_lif{s}")) for s in sfx]
     plan = Plan(T=int(model.T), in_channels=int(model.in_channels), embed_dim=int(model.embed_dim),
                 num_classes=int(model.num_classes), pooling_stat=model.pooling_stat, tet=bool(model.tet),
-                stem_convs=stem_convs, stem_lifs=stem_lifs, rpe=_conv3("patch_embed.rpe_conv", pe.rpe_conv))
+                stem_convs=stem_convs, stem_lifs=stem_lifs, rpe=_conv3("patch_embed.rpe_conv", pe.rpe_conv),
+                dvs_mode=bool(getattr(model, "dvs_mode", False)), num_heads=int(model.num_heads))
     for i, blk in enumerate(model.block):
         a, m = blk.attn, blk.mlp
         p = f"block.{i}"

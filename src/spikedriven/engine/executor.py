@@ -269,6 +269,16 @@ class EventEngine:
             K.qkv_lif_sdsa(P.reshape(T, B * N, 3 * D), T, B, N, D, q.vth, q.k, q.tau, k_.vth, k_.k, k_.tau,
                            v.vth, v.k, v.tau, m.vth, m.k, m.tau, q.divide, *bits, mask)
             qb, kb, vb, yb = bits
+            if p.dvs_mode:  # the fused kernel's mask is replaced: Erode k and v, then K&V, then the head layout
+                dh = D // p.num_heads
+                ke, ve, kv = (np.zeros_like(kb) for _ in range(3))
+                K.erode_grid(kb, H, W, ke)
+                K.erode_grid(vb, H, W, ve)
+                K.erode_heads(np.bitwise_and(ke, ve), N, dh, kv)
+                ym = np.zeros_like(qb)
+                K.sdsa_mask(qb, kv, m.vth, m.k, m.tau, m.divide, ym, mask)
+                yb = np.zeros_like(qb)
+                K.erode_heads(ym, N, dh, yb)
             counts.append(LayerCount(f"{blk.prefix}.attn.sdsa", "bitop", -1, 0, 0, 3 * T * B * D * NW,
                                      3 * T * B * D * NW))
             if record:

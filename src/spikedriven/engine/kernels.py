@@ -300,6 +300,72 @@ def qkv_lif_sdsa(p, T, B, N, D, vth_q, k_q, tau_q, vth_k, k_k, tau_k, vth_v, k_v
                 vm = h
 
 
+@njit(cache=True, inline="always")
+def _bit(bits, t, b, c, n):
+    return (bits[t, b, c, n >> 6] >> np.uint64(n & 63)) & np.uint64(1)
+
+
+@njit(**_OPTS)
+def erode_grid(bits, H, W, out):
+    """DVS-mode Erode of k and v in the [T,B,C,H,W] layout: per channel, 3x3 max (= OR of spikes) over the HxW
+    token grid, on token-packed bits ``bits[T, B, D, NW]`` -> ``out`` (zeroed by the caller)."""
+    T, B, D, NW = bits.shape
+    for tbc in prange(T * B * D):
+        t = tbc // (B * D)
+        b = (tbc // D) % B
+        c = tbc % D
+        for y in range(H):
+            for x in range(W):
+                on = np.uint64(0)
+                for iy in range(max(y - 1, 0), min(y + 2, H)):
+                    for ix in range(max(x - 1, 0), min(x + 2, W)):
+                        on |= _bit(bits, t, b, c, iy * W + ix)
+                n = y * W + x
+                out[t, b, c, n >> 6] |= on << np.uint64(n & 63)
+
+
+@njit(**_OPTS)
+def erode_heads(bits, N, d, out):
+    """DVS-mode Erode in the head layout [T,B,h,N,d]: 3x3 OR over (token n, lane j) inside each head, where lane
+    j of head h is channel h*d + j and tokens are in flattened order. Token-packed bits -> ``out`` (zeroed)."""
+    T, B, D, NW = bits.shape
+    for tbc in prange(T * B * D):
+        t = tbc // (B * D)
+        b = (tbc // D) % B
+        c = tbc % D
+        j = c % d
+        for n in range(N):
+            on = np.uint64(0)
+            for cc in range(c - j + max(j - 1, 0), c - j + min(j + 2, d)):
+                for nn in range(max(n - 1, 0), min(n + 2, N)):
+                    on |= _bit(bits, t, b, cc, nn)
+            out[t, b, c, n >> 6] |= on << np.uint64(n & 63)
+
+
+@njit(**_OPTS)
+def sdsa_mask(qbits, kvbits, vth_m, k_m, tau_m, divide, ybits, mask):
+    """SDSA's channel mask from an already combined (and, in dvs_mode, eroded) K&V: per (b, c), count_t =
+    popcount(kv[t, b, c]) -> talking-heads LIF over t -> mask; Y = Q & mask -> ``ybits`` (zeroed)."""
+    T, B, D, NW = qbits.shape
+    for bc in prange(B * D):
+        b = bc // D
+        c = bc % D
+        vm = np.float32(0.0)
+        for t in range(T):
+            s = np.uint64(0)
+            for wd in range(NW):
+                s += popcount64(kvbits[t, b, c, wd])
+            h = _charge(vm, np.float32(s), k_m, tau_m, divide)
+            if h >= vth_m:
+                mask[t, b, c] = 1
+                vm = np.float32(0.0)
+                for wd in range(NW):
+                    ybits[t, b, c, wd] = qbits[t, b, c, wd]
+            else:
+                mask[t, b, c] = 0
+                vm = h
+
+
 @njit(**_OPTS)
 def tokenbits_to_csr(bits, N, idx, cnt):
     """Token-packed spikes ``bits[T, B, D, NW]`` -> CSR rows (t, b, n) of active channels."""

@@ -1,4 +1,5 @@
 """CPU backend: the C++ kernel in ``csrc/lif_cpu.cpp``, compiled on first use, wrapped in autograd Functions.
+(``csrc/engine_cpu.cpp``, the event engine's kernels, is built by the same :class:`CppExtension` machinery.)
 
 The extension is built with :func:`torch.utils.cpp_extension.load` (needs a C++ compiler and ``ninja``) into
 ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions/...``). The build name contains a hash of the
