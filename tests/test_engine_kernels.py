@@ -1,7 +1,7 @@
 """Each sparse kernel of the event-driven engine equals its dense PyTorch counterpart (random binary inputs).
 
-The kernels that have a C++ twin (LIF to CSR, sparse linear, sparse 3x3 conv) run on both backends, which must
-agree bit for bit."""
+The kernels that have a C++ twin (LIF to CSR, sparse linear, sparse 3x3 conv, q/k/v LIF + SDSA) run on both
+backends, which must agree bit for bit."""
 import numpy as np
 import pytest
 import torch
@@ -210,9 +210,11 @@ def test_cpp_kernels_reject_bad_arguments():
 
 
 @pytest.mark.parametrize("p", DENSITIES)
-def test_sdsa_bitpacked_matches_masks(p):
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("D", [24, 100])  # C++: one partial block of 64 channels; a full one + a partial one
+def test_sdsa_bitpacked_matches_masks(p, backend, D):
     """q/k/v LIF + SDSA on token-packed bits == Q * LIF_0.5(sum_tokens(K * V)) computed densely."""
-    T, B, N, D = 3, 2, 70, 24  # N = 70: two 64-bit words, the second partly used
+    T, B, N = 3, 2, 70  # N = 70: two 64-bit words, the second partly used
     g = np.random.default_rng(10)
     # drive so that each neuron spikes with probability ~p at the first step (p=0: never, p=1: always)
     on = binary((T, B * N, 3 * D), p, 11).astype(np.float32)
@@ -222,8 +224,12 @@ def test_sdsa_bitpacked_matches_masks(p):
     bits = [np.zeros((T, B, D, NW), np.uint64) for _ in range(4)]
     mask = np.empty((T, B, D), np.uint8)
     f = np.float32
-    K.qkv_lif_sdsa(pre, T, B, N, D, f(1), f(.5), f(2), f(1), f(.5), f(2), f(1), f(.5), f(2), f(.5), f(.5), f(2),
-                   False, *bits, mask)
+    nargs = (f(1), f(.5), f(2), f(1), f(.5), f(2), f(1), f(.5), f(2), f(.5), f(.5), f(2))
+    if backend == "numba":
+        K.qkv_lif_sdsa(pre, T, B, N, D, *nargs, False, *bits, mask)
+    else:
+        t = torch.from_numpy
+        _ops().qkv_lif_sdsa(t(pre), T, B, N, D, *map(float, nargs), False, *map(t, bits), t(mask), 2)
     xt = torch.from_numpy(pre).reshape(T, B, N, 3 * D)
     q, k, v = (lif_multistep_reference(xt[..., i * D:(i + 1) * D]) for i in range(3))
     m = lif_multistep_reference((k * v).sum(2, keepdim=True), v_threshold=0.5)  # [T,B,1,D]

@@ -266,8 +266,13 @@ class EventEngine:
             q, k_, v, m = blk.q_lif, blk.k_lif, blk.v_lif, blk.mask_lif
             if len({q.divide, k_.divide, v.divide, m.divide}) != 1:
                 raise NotImplementedError("mixed neuron decay modes inside one SDSA")
-            K.qkv_lif_sdsa(P.reshape(T, B * N, 3 * D), T, B, N, D, q.vth, q.k, q.tau, k_.vth, k_.k, k_.tau,
-                           v.vth, v.k, v.tau, m.vth, m.k, m.tau, q.divide, *bits, mask)
+            nargs = (q.vth, q.k, q.tau, k_.vth, k_.k, k_.tau, v.vth, v.k, v.tau, m.vth, m.k, m.tau)
+            if self.backend == "cpp":
+                ops, t, th = self._ops()
+                ops.qkv_lif_sdsa(t(P.reshape(T, B * N, 3 * D)), T, B, N, D, *map(float, nargs), bool(q.divide),
+                                 *map(t, bits), t(mask), th)
+            else:
+                K.qkv_lif_sdsa(P.reshape(T, B * N, 3 * D), T, B, N, D, *nargs, q.divide, *bits, mask)
             qb, kb, vb, yb = bits
             if p.dvs_mode:  # the fused kernel's mask is replaced: Erode k and v, then K&V, then the head layout
                 dh = D // p.num_heads

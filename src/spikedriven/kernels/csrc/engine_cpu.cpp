@@ -16,6 +16,7 @@
 #include <omp.h>
 
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -229,6 +230,99 @@ void sparse_conv3x3(const at::Tensor& idx, const at::Tensor& cnt, int64_t NB, in
   }
 }
 
+// ------------------------------------------------------------------------------------------------- SDSA
+// q/k/v neurons + SDSA on token-packed spikes (numba twin: kernels.qkv_lif_sdsa). p[T, B*N, 3D] holds the
+// pre-activations of q | k | v; spikes go to *bits[T, B, D, NW] (bit n%64 of word n//64 = token n, zeroed by the
+// caller); per (t, b, c): count = sum_w popcount(K & V) -> mask LIF (over t) -> mask[t, b, c], Y = Q & mask.
+// One task = one sample x 64 channels: the LIF updates run vectorised over the channels of one token.
+struct Lif {
+  float vth, k, tau;
+  bool divide;
+};
+
+inline void lif_step(const float* x, float* v, uint8_t* s, int64_t n, const Lif& p) {
+  if (p.divide) {
+    for (int64_t c = 0; c < n; ++c) {
+      const float h = v[c] + (x[c] - v[c]) / p.tau;
+      const bool sp = h >= p.vth;
+      v[c] = sp ? 0.f : h;
+      s[c] = sp;
+    }
+  } else {
+    for (int64_t c = 0; c < n; ++c) {
+      const float h = v[c] + (x[c] - v[c]) * p.k;
+      const bool sp = h >= p.vth;
+      v[c] = sp ? 0.f : h;
+      s[c] = sp;
+    }
+  }
+}
+
+void qkv_lif_sdsa(const at::Tensor& pre, int64_t T, int64_t B, int64_t N, int64_t D, double vq, double kq, double tq,
+                  double vk, double kk, double tk, double vv, double kv, double tv, double vm, double km, double tm,
+                  bool divide, at::Tensor qbits, at::Tensor kbits, at::Tensor vbits, at::Tensor ybits, at::Tensor mask,
+                  int64_t threads) {
+  check(pre, at::kFloat, 3, "p");
+  for (auto* t : {&qbits, &kbits, &vbits, &ybits}) check(*t, at::kUInt64, 4, "bits");
+  check(mask, at::kByte, 3, "mask");
+  TORCH_CHECK(pre.size(0) == T && pre.size(1) == B * N && pre.size(2) == 3 * D, "p must be [T, B*N, 3D]");
+  const int64_t NW = qbits.size(3);
+  TORCH_CHECK(NW * 64 >= N && qbits.size(0) == T && qbits.size(1) == B && qbits.size(2) == D,
+              "bits must be [T, B, D, ceil(N/64)]");
+  const Lif lq{float(vq), float(kq), float(tq), divide}, lk{float(vk), float(kk), float(tk), divide},
+      lv{float(vv), float(kv), float(tv), divide};
+  const float vthm = float(vm), km_ = float(km), taum = float(tm);
+  const float* pp = pre.data_ptr<float>();
+  uint64_t* qb = qbits.data_ptr<uint64_t>();
+  uint64_t* kb = kbits.data_ptr<uint64_t>();
+  uint64_t* vb = vbits.data_ptr<uint64_t>();
+  uint64_t* yb = ybits.data_ptr<uint64_t>();
+  uint8_t* mk = mask.data_ptr<uint8_t>();
+  constexpr int64_t kChunk = 64;
+  const int64_t nch = (D + kChunk - 1) / kChunk;
+#pragma omp parallel num_threads(threads_or_default(threads))
+  {
+    float st[3][kChunk];
+    uint8_t sp[3][kChunk];
+#pragma omp for schedule(static)
+    for (int64_t task = 0; task < B * nch; ++task) {
+      const int64_t b = task / nch, c0 = (task % nch) * kChunk, nc = std::min(kChunk, D - c0);
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t wd = n >> 6;
+        const int sh = static_cast<int>(n & 63);
+        for (auto& row : st) std::fill(row, row + nc, 0.f);
+        for (int64_t t = 0; t < T; ++t) {
+          const float* x = pp + (t * B * N + b * N + n) * 3 * D + c0;
+          lif_step(x, st[0], sp[0], nc, lq);
+          lif_step(x + D, st[1], sp[1], nc, lk);
+          lif_step(x + 2 * D, st[2], sp[2], nc, lv);
+          const int64_t base = ((t * B + b) * D + c0) * NW + wd;
+          for (int64_t j = 0; j < nc; ++j) {
+            qb[base + j * NW] |= uint64_t(sp[0][j]) << sh;
+            kb[base + j * NW] |= uint64_t(sp[1][j]) << sh;
+            vb[base + j * NW] |= uint64_t(sp[2][j]) << sh;
+          }
+        }
+      }
+      for (int64_t c = c0; c < c0 + nc; ++c) {
+        float v = 0.f;
+        for (int64_t t = 0; t < T; ++t) {
+          const int64_t o = ((t * B + b) * D + c) * NW;
+          uint64_t cnt = 0;
+          for (int64_t w = 0; w < NW; ++w) cnt += __builtin_popcountll(kb[o + w] & vb[o + w]);
+          const float x = static_cast<float>(cnt);
+          const float h = divide ? v + (x - v) / taum : v + (x - v) * km_;
+          const bool on = h >= vthm;
+          mk[(t * B + b) * D + c] = on;
+          v = on ? 0.f : h;
+          if (on)
+            for (int64_t w = 0; w < NW; ++w) yb[o + w] = qb[o + w];
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 
 TORCH_LIBRARY(spikedriven_engine, m) {
@@ -238,10 +332,14 @@ TORCH_LIBRARY(spikedriven_engine, m) {
         "int threads) -> ()");
   m.def("sparse_conv3x3(Tensor idx, Tensor cnt, int NB, int H, int W, Tensor w, Tensor bias, Tensor resid, "
         "Tensor(a!) out, Tensor(b!) acc, int threads) -> ()");
+  m.def("qkv_lif_sdsa(Tensor p, int T, int B, int N, int D, float vq, float kq, float tq, float vk, float kk, "
+        "float tk, float vv, float kv, float tv, float vm, float km, float tm, bool divide, Tensor(a!) qbits, "
+        "Tensor(b!) kbits, Tensor(c!) vbits, Tensor(d!) ybits, Tensor(e!) mask, int threads) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(spikedriven_engine, CPU, m) {
   m.impl("lif_csr", &lif_csr);
   m.impl("sparse_linear", &sparse_linear);
   m.impl("sparse_conv3x3", &sparse_conv3x3);
+  m.impl("qkv_lif_sdsa", &qkv_lif_sdsa);
 }
