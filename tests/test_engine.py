@@ -123,6 +123,27 @@ def test_engine_matches_model_variants(kw):
         np.testing.assert_allclose(res.logits, ref, rtol=1e-4, atol=1e-4)
 
 
+def test_engine_falls_back_to_numba_when_the_cpp_build_fails(monkeypatch):
+    from spikedriven.engine import executor
+    from spikedriven.kernels import _cpp
+
+    ext = _cpp.CppExtension("engine_cpu.cpp", "no_such_namespace", "x", "event-engine kernels", "the numba kernels")
+
+    def broken(verbose=False):
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(ext, "_build", broken)
+    monkeypatch.setattr(_cpp, "ENGINE_EXT", ext)
+    with pytest.warns(RuntimeWarning, match="falling back to the numba kernels"):
+        assert executor.resolve_backend("auto") == "numba"
+    assert executor.resolve_backend("numba") == "numba"
+    with pytest.raises(RuntimeError, match="engine backend 'cpp' is unavailable"):
+        executor.resolve_backend("cpp")
+    model, x = _calibrated(2)
+    eng = compile_model(model)  # still runs, on numba
+    assert eng.backend == "numba" and compare_with_model(model, eng, x).mismatched == 0
+
+
 def test_dvs_mode_erode_is_exact_and_matters():
     """dvs_mode (official Erode: OR over 3x3 neighbourhoods of k, v, K&V and the SDSA output) matches the model
     spike for spike, and dropping the Erode from the plan does not."""
