@@ -259,3 +259,33 @@ def test_cli_infer(tmp_path, capsys):
     ev = tmp_path / "ev.npz"
     np.savez(ev, frames=np.random.default_rng(0).poisson(0.3, (3, 1, 16, 16)).astype(np.float32))
     assert main(["infer", "--checkpoint", str(ck), "--data", str(ev)]) == 0
+
+
+def test_infer_dataset_by_name_uses_the_runs_recipe(tmp_path):
+    """`--data NAME` builds the test split with the recipe stored in a training checkpoint (same preprocessing as
+    the run's evaluation); checkpoints without a recipe get a clear error."""
+    from argparse import Namespace
+
+    from spikedriven.checkpoint import load_checkpoint
+    from spikedriven.engine.cli import _recipe_dataset, load_model
+    from spikedriven.train import train
+    from spikedriven.training.data import build_datasets
+    from spikedriven.training.recipe import Recipe
+
+    res = train(dict(dataset="digits", dim=16, layer=1, num_heads=2, time_steps=2, img_size=8, pooling_stat="0011",
+                     batch_size=32, epochs=1, warmup_epochs=0, max_train_samples=64, max_eval_samples=32,
+                     workers=0, progress=False, tensorboard=False, plot=False, summary=False, threads=1),
+                output=str(tmp_path), experiment="r", print_fn=lambda *_: None)
+    ck = os.path.join(res["run_dir"], "best.pt")
+    args = Namespace(checkpoint=ck, model=None, config=None, ema=False, data="digits", data_dir=None, seed=0)
+    model, meta = load_model(args)
+    x, y, desc = _recipe_dataset("digits", args, meta, 0)
+    ds = build_datasets(Recipe(load_checkpoint(ck)[1]["recipe"]), splits=("test",))["test"]
+    assert x.shape == (len(ds), 1, 8, 8) and "digits test" in desc
+    np.testing.assert_array_equal(x[3], np.asarray(ds[3][0]))  # the run's own eval transform
+    bare = tmp_path / "bare.pth"
+    torch.save({"state_dict": model.state_dict(), "model_kwargs": meta["model_kwargs"]}, bare)
+    args.checkpoint = str(bare)
+    _, meta2 = load_model(args)
+    with pytest.raises(ValueError, match="needs a checkpoint written by `spikedriven train`"):
+        _recipe_dataset("digits", args, meta2, 4)

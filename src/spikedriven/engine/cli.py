@@ -21,8 +21,11 @@ def add_cli(subparsers) -> None:
     p.add_argument("--ema", action="store_true")
     p.add_argument("--engine", choices=["events", "dense"], default="events")
     p.add_argument("--data", default="random",
-                   help="fashion-mnist | digits | random | image file(s)/folder | event .npz ([T,C,H,W] or [B,T,C,H,W])")
+                   help="fashion-mnist | digits | random | image file(s)/folder | event .npz ([T,C,H,W] or "
+                        "[B,T,C,H,W]) | any other dataset name (e.g. sim-fashion-mnist-dvs, gesture, cifar10): its "
+                        "test split, preprocessed by the recipe stored in a `spikedriven train` checkpoint")
     p.add_argument("--limit", type=int, default=256, help="number of samples from a dataset (0 = all)")
+    p.add_argument("--data-dir", help="dataset folder for --data NAME (default: the checkpoint's recipe)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (engine kernels / torch)")
     p.add_argument("--engine-backend", choices=["auto", "cpp", "numba"], default="auto",
@@ -112,6 +115,10 @@ def load_data(args, model, meta):
         if cin == 2:
             return g.poisson(0.3, (n, T, cin, size, size)).astype(np.float32), None, f"random events x{n}"
         return g.standard_normal((n, cin, size, size)).astype(np.float32), None, f"random images x{n}"
+    from ..data import DATASET_INFO, canonical_name
+
+    if canonical_name(d) in DATASET_INFO and not os.path.exists(d):
+        return _recipe_dataset(canonical_name(d), args, meta, lim)
     if d.endswith(".npz"):
         z = np.load(d)
         key = "frames" if "frames" in z.files else z.files[0]
@@ -135,6 +142,30 @@ def load_data(args, model, meta):
     if not imgs:
         raise FileNotFoundError(f"no images in {d}")
     return _norm(np.stack(imgs), meta, args, cin), None, f"{len(imgs)} image(s)"
+
+
+def _recipe_dataset(name, args, meta, lim):
+    """Test split of a named dataset, preprocessed exactly as the run that wrote the checkpoint evaluated it
+    (its recipe: normalisation, resize, event framing and T); a fixed random subset of --limit samples."""
+    from ..training.data import build_datasets
+    from ..training.recipe import Recipe, resolve_recipe
+
+    rec = meta.get("recipe")
+    if not isinstance(rec, dict):
+        raise ValueError(f"--data {args.data}: a dataset by name needs a checkpoint written by `spikedriven train` "
+                         "(it carries the recipe: transforms, framing, T); this one has none. Pass image files or "
+                         "an events .npz instead.")
+    over = {"dataset": name}
+    if args.data_dir:
+        over["data_dir"] = args.data_dir
+    r = resolve_recipe(Recipe(rec).resolved_dict(drop=("resume", "stop_after_steps", "start_epoch")), over,
+                       warn=False)
+    ds = build_datasets(r, splits=("test",))["test"]
+    n = len(ds) if not lim else min(lim, len(ds))
+    ids = np.arange(n) if n == len(ds) else np.sort(np.random.default_rng(args.seed).choice(len(ds), n, False))
+    xs, ys = zip(*(ds[int(i)] for i in ids))
+    x = np.stack([np.asarray(v, np.float32) for v in xs])
+    return x, np.asarray(ys, np.int64), f"{name} test ({n} of {len(ds)} samples, the run's own preprocessing)"
 
 
 # ------------------------------------------------------------------ command
