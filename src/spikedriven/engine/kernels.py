@@ -244,6 +244,27 @@ def sparse_linear(idx, cnt, wt, bias, resid, out):
 
 
 # ------------------------------------------------------------------------------------------ SDSA
+@njit(cache=True, inline="always")
+def _mask_channel(qbits, kbits, vbits, b, c, vth_m, k_m, tau_m, divide, ybits, mask):
+    """SDSA's channel mask for (sample b, channel c): count_t = sum_w popcount(K & V) -> talking-heads LIF over
+    t -> mask[t, b, c]; at the steps where it fires, ybits = qbits (elsewhere ybits stays as the caller zeroed it)."""
+    T, NW = qbits.shape[0], qbits.shape[3]
+    vm = np.float32(0.0)
+    for t in range(T):
+        s = np.uint64(0)
+        for wd in range(NW):
+            s += popcount64(kbits[t, b, c, wd] & vbits[t, b, c, wd])
+        h = _charge(vm, np.float32(s), k_m, tau_m, divide)
+        if h >= vth_m:
+            mask[t, b, c] = 1
+            vm = np.float32(0.0)
+            for wd in range(NW):
+                ybits[t, b, c, wd] = qbits[t, b, c, wd]
+        else:
+            mask[t, b, c] = 0
+            vm = h
+
+
 @njit(**_OPTS)
 def qkv_lif_sdsa(p, T, B, N, D, vth_q, k_q, tau_q, vth_k, k_k, tau_k, vth_v, k_v, tau_v, vth_m, k_m, tau_m,
                  divide, qbits, kbits, vbits, ybits, mask):
@@ -254,7 +275,6 @@ def qkv_lif_sdsa(p, T, B, N, D, vth_q, k_q, tau_q, vth_k, k_k, tau_k, vth_v, k_v
     count = sum_w popcount(K[w] & V[w]) -> talking-heads LIF (v_th 0.5) over t -> mask[t, b, c];
     Y = Q & (mask ? all-ones : 0) -> ``ybits``. All bit arrays must be zeroed by the caller.
     """
-    NW = qbits.shape[3]
     for bc in prange(B * D):
         b = bc // D
         c = bc % D
@@ -284,20 +304,7 @@ def qkv_lif_sdsa(p, T, B, N, D, vth_q, k_q, tau_q, vth_k, k_k, tau_k, vth_v, k_v
                     vv = np.float32(0.0)
                 else:
                     vv = h
-        vm = np.float32(0.0)
-        for t in range(T):
-            s = np.uint64(0)
-            for wd in range(NW):
-                s += popcount64(kbits[t, b, c, wd] & vbits[t, b, c, wd])
-            h = _charge(vm, np.float32(s), k_m, tau_m, divide)
-            if h >= vth_m:
-                mask[t, b, c] = 1
-                vm = np.float32(0.0)
-                for wd in range(NW):
-                    ybits[t, b, c, wd] = qbits[t, b, c, wd]
-            else:
-                mask[t, b, c] = 0
-                vm = h
+        _mask_channel(qbits, kbits, vbits, b, c, vth_m, k_m, tau_m, divide, ybits, mask)
 
 
 @njit(cache=True, inline="always")
@@ -346,24 +353,9 @@ def erode_heads(bits, N, d, out):
 def sdsa_mask(qbits, kvbits, vth_m, k_m, tau_m, divide, ybits, mask):
     """SDSA's channel mask from an already combined (and, in dvs_mode, eroded) K&V: per (b, c), count_t =
     popcount(kv[t, b, c]) -> talking-heads LIF over t -> mask; Y = Q & mask -> ``ybits`` (zeroed)."""
-    T, B, D, NW = qbits.shape
+    B, D = qbits.shape[1], qbits.shape[2]
     for bc in prange(B * D):
-        b = bc // D
-        c = bc % D
-        vm = np.float32(0.0)
-        for t in range(T):
-            s = np.uint64(0)
-            for wd in range(NW):
-                s += popcount64(kvbits[t, b, c, wd])
-            h = _charge(vm, np.float32(s), k_m, tau_m, divide)
-            if h >= vth_m:
-                mask[t, b, c] = 1
-                vm = np.float32(0.0)
-                for wd in range(NW):
-                    ybits[t, b, c, wd] = qbits[t, b, c, wd]
-            else:
-                mask[t, b, c] = 0
-                vm = h
+        _mask_channel(qbits, kvbits, kvbits, bc // D, bc % D, vth_m, k_m, tau_m, divide, ybits, mask)  # kv & kv = kv
 
 
 @njit(**_OPTS)
