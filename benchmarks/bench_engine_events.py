@@ -25,7 +25,7 @@ def main(argv=None):
     from spikedriven.checkpoint import load_checkpoint, load_into_model
     from spikedriven.engine import compile_model, compare_with_model
     from spikedriven.engine.validate import Agreement
-    from spikedriven.train import _recipe_for
+    from spikedriven.train import recipe_of_run
     from spikedriven.training.data import build_datasets
 
     torch.set_num_threads(a.threads)
@@ -34,7 +34,7 @@ def main(argv=None):
     model = SpikeDrivenTransformer(**meta["model_kwargs"])
     load_into_model(model, best)
     model.eval()
-    ds = build_datasets(_recipe_for(None, {"resume": a.run}), splits=("test",))["test"]
+    ds = build_datasets(recipe_of_run(meta["recipe"]), splits=("test",))["test"]
     ids = np.random.default_rng(0).choice(len(ds), min(a.samples, len(ds)), replace=False)
     xs, ys = zip(*(ds[int(i)] for i in ids))
     x, y = torch.stack([torch.as_tensor(v) for v in xs]).float(), np.asarray(ys)

@@ -41,10 +41,15 @@ def _recipe_for(config, overrides: dict, warn: bool = True) -> Recipe:
     if config is None and resume:
         ck = _read_resume_recipe(resume)
         if ck is not None:
-            # run-control keys of the interrupted invocation are not inherited
-            base = Recipe(ck).resolved_dict(drop=("resume", "stop_after_steps", "start_epoch"))
-            return resolve_recipe(base, overrides, warn=False)
+            return recipe_of_run(ck, overrides)
     return resolve_recipe(config if config is not None else DEFAULT_CONFIG, overrides, warn=warn)
+
+
+def recipe_of_run(recipe: dict, overrides: dict | None = None) -> Recipe:
+    """The recipe a checkpoint of ``spikedriven train`` stores, with ``overrides`` applied. Run-control keys of the
+    invocation that wrote it (resume, stop_after_steps, start_epoch) are not inherited."""
+    base = Recipe(recipe).resolved_dict(drop=("resume", "stop_after_steps", "start_epoch"))
+    return resolve_recipe(base, dict(overrides or {}), warn=False)
 
 
 def _read_resume_recipe(resume) -> dict | None:

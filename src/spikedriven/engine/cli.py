@@ -147,8 +147,8 @@ def load_data(args, model, meta):
 def _recipe_dataset(name, args, meta, lim):
     """Test split of a named dataset, preprocessed exactly as the run that wrote the checkpoint evaluated it
     (its recipe: normalisation, resize, event framing and T); a fixed random subset of --limit samples."""
+    from ..train import recipe_of_run
     from ..training.data import build_datasets
-    from ..training.recipe import Recipe, resolve_recipe
 
     rec = meta.get("recipe")
     if not isinstance(rec, dict):
@@ -158,9 +158,7 @@ def _recipe_dataset(name, args, meta, lim):
     over = {"dataset": name}
     if args.data_dir:
         over["data_dir"] = args.data_dir
-    r = resolve_recipe(Recipe(rec).resolved_dict(drop=("resume", "stop_after_steps", "start_epoch")), over,
-                       warn=False)
-    ds = build_datasets(r, splits=("test",))["test"]
+    ds = build_datasets(recipe_of_run(rec, over), splits=("test",))["test"]
     n = len(ds) if not lim else min(lim, len(ds))
     ids = np.arange(n) if n == len(ds) else np.sort(np.random.default_rng(args.seed).choice(len(ds), n, False))
     xs, ys = zip(*(ds[int(i)] for i in ids))
