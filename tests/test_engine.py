@@ -289,3 +289,26 @@ def test_infer_dataset_by_name_uses_the_runs_recipe(tmp_path):
     _, meta2 = load_model(args)
     with pytest.raises(ValueError, match="needs a checkpoint written by `spikedriven train`"):
         _recipe_dataset("digits", args, meta2, 4)
+
+
+def test_infer_images_are_normalised_like_training(tmp_path):
+    """`--data digits|fashion-mnist|IMAGES` normalise with the training recipe's mean/std (not 0.5/0.5, which
+    silently cost a Fashion-MNIST model 25 points); without a recipe, the dataset's statistics; --mean/--std win."""
+    from argparse import Namespace
+
+    from sklearn.datasets import load_digits
+
+    from spikedriven.engine.cli import load_data, normalisation
+
+    kw = dict(img_size=8, in_channels=1, num_classes=10, embed_dim=16, depth=1, num_heads=2, T=2,
+              pooling_stat="0011")
+    model = SpikeDrivenTransformer(**kw)
+    meta = {"model_kwargs": kw, "recipe": {"dataset": "digits", "mean": [0.25], "std": [0.5]}}
+    args = Namespace(data="digits", limit=5, mean=None, std=None, seed=0)
+    x, y, desc = load_data(args, model, meta)
+    raw = load_digits().images[:5, None].astype(np.float32) / 16.0
+    np.testing.assert_allclose(x, (raw - 0.25) / 0.5, rtol=1e-6)
+    assert list(y) == list(load_digits().target[:5]) and "the run's recipe" in desc
+    assert normalisation({}, args)[:2] == ([0.305], [0.38])  # digits statistics (DATASET_INFO)
+    assert normalisation({}, Namespace(data="a.png", mean=None, std=None))[:2] == ([0.5], [0.5])
+    assert normalisation(meta, Namespace(data="digits", mean=[0.1], std=[0.2]))[:2] == ([0.1], [0.2])

@@ -30,8 +30,10 @@ def add_cli(subparsers) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (engine kernels / torch)")
     p.add_argument("--engine-backend", choices=["auto", "cpp", "numba"], default="auto",
                    help="kernels of the event engine: C++ (compiled on first use) or numba only; same results")
-    p.add_argument("--mean", type=float, nargs="*", help="normalisation mean (default: checkpoint meta or 0.5)")
-    p.add_argument("--std", type=float, nargs="*", help="normalisation std (default: checkpoint meta or 0.5)")
+    p.add_argument("--mean", type=float, nargs="*",
+                   help="normalisation mean (default: the training recipe's, else the dataset's, else 0.5)")
+    p.add_argument("--std", type=float, nargs="*",
+                   help="normalisation std (default: the training recipe's, else the dataset's, else 0.5)")
     p.add_argument("--show", type=int, default=10, help="print the first N predictions")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cli)
@@ -39,37 +41,44 @@ def add_cli(subparsers) -> None:
 
 # ------------------------------------------------------------------ model and data
 def load_model(args):
-    """Model from --config/--model, else from the checkpoint's ``model_kwargs`` (engine benchmark checkpoints)."""
-    from ..model import SpikeDrivenTransformer
+    """Model from --config/--model, else from the checkpoint's ``model_kwargs``; and the checkpoint's metadata."""
+    from ..cli import build_model_from_args
 
     meta = {}
     if args.checkpoint:
         from ..checkpoint import load_checkpoint
 
         _, meta = load_checkpoint(args.checkpoint, use_ema=getattr(args, "ema", False))
-    if args.config or args.model:
-        from ..cli import build_model_from_args
+    return build_model_from_args(args).eval(), meta
 
-        if not args.model and not args.config:
-            args.model = "sdt_cifar10_2_256"
-        model = build_model_from_args(args)
-    elif meta.get("model_kwargs"):
-        from ..checkpoint import load_into_model
 
-        model = SpikeDrivenTransformer(**meta["model_kwargs"])
-        load_into_model(model, args.checkpoint, strict=True, use_ema=getattr(args, "ema", False))
+def normalisation(meta, args) -> tuple[list[float], list[float], str]:
+    """(mean, std, where from) for image inputs: --mean/--std, else what the model was trained with (the recipe in a
+    `spikedriven train` checkpoint, or a ``preprocess`` entry), else the named dataset's statistics, else 0.5."""
+    pre = meta.get("preprocess") if isinstance(meta.get("preprocess"), dict) else {}
+    rec = meta.get("recipe") if isinstance(meta.get("recipe"), dict) else {}
+    from ..energy import _dataset_norm
+
+    for mean, std, src in ((args.mean, args.std, "--mean/--std"), (pre.get("mean"), pre.get("std"), "checkpoint"),
+                           (rec.get("mean"), rec.get("std"), "the run's recipe")):
+        if mean or std:
+            fallback = _dataset_norm(rec.get("dataset") or args.data)
+            mean, std = mean or fallback[0], std or fallback[1]
+            break
     else:
-        raise ValueError("give --model or --config (the checkpoint carries no model_kwargs)")
-    return model.eval(), meta
+        mean, std = _dataset_norm(args.data)
+        src = f"{args.data} statistics" if (mean, std) != (0.5, 0.5) else "default 0.5/0.5"
+    as_list = lambda v: [float(u) for u in np.atleast_1d(np.asarray(v, np.float64))]  # noqa: E731
+    return as_list(mean), as_list(std), src
 
 
-def _norm(x, meta, args, cin):
-    pre = meta.get("preprocess", {}) if isinstance(meta.get("preprocess"), dict) else {}
-    mean = args.mean or [pre.get("mean", 0.5)]
-    std = args.std or [pre.get("std", 0.5)]
+def _norm(x, meta, args, desc):
+    """Normalised images and their description, which says which mean/std was used and why."""
+    mean, std, src = normalisation(meta, args)
     m = np.asarray(mean, np.float32).reshape(-1, 1, 1)
     s = np.asarray(std, np.float32).reshape(-1, 1, 1)
-    return ((x - m) / s).astype(np.float32)
+    fmt = lambda v: "/".join(f"{u:.4g}" for u in v)  # noqa: E731
+    return ((x - m) / s).astype(np.float32), f"{desc}, normalised (x - {fmt(mean)}) / {fmt(std)} ({src})"
 
 
 def _fit(x, size):
@@ -100,7 +109,8 @@ def load_data(args, model, meta):
         with gzip.open(os.path.join(root, "t10k-labels-idx1-ubyte.gz")) as f:
             y = np.frombuffer(f.read(), np.uint8, offset=8)[:lim].astype(np.int64)
         x = _fit(x.astype(np.float32) / 255.0, size)
-        return _norm(np.repeat(x, cin, 1), meta, args, cin), y, f"Fashion-MNIST test[:{len(y)}]"
+        x, desc = _norm(np.repeat(x, cin, 1), meta, args, f"Fashion-MNIST test[:{len(y)}]")
+        return x, y, desc
     if d == "digits":
         from sklearn.datasets import load_digits
 
@@ -108,7 +118,8 @@ def load_data(args, model, meta):
         x = (dg.images[:, None].astype(np.float32) / 16.0)[:lim]
         y = dg.target[:lim].astype(np.int64)
         x = _fit(x, size)
-        return _norm(np.repeat(x, cin, 1), meta, args, cin), y, f"sklearn digits[:{len(y)}]"
+        x, desc = _norm(np.repeat(x, cin, 1), meta, args, f"sklearn digits[:{len(y)}]")
+        return x, y, desc
     if d == "random":
         g = np.random.default_rng(args.seed)
         n = lim or 16
@@ -141,7 +152,8 @@ def load_data(args, model, meta):
         imgs.append(_fit(a[None], size)[0])
     if not imgs:
         raise FileNotFoundError(f"no images in {d}")
-    return _norm(np.stack(imgs), meta, args, cin), None, f"{len(imgs)} image(s)"
+    x, desc = _norm(np.stack(imgs), meta, args, f"{len(imgs)} image(s)")
+    return x, None, desc
 
 
 def _recipe_dataset(name, args, meta, lim):
