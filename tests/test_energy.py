@@ -181,6 +181,29 @@ def test_csv_json(tmp_path):
     assert "TOTAL" in rep.table()
 
 
+def test_cli_takes_the_model_from_our_checkpoint(capsys, tmp_path):
+    """Without --model/--config, a `spikedriven train` checkpoint's model_kwargs build the model (with --T on
+    top); a checkpoint that does not describe its model is refused with what to pass instead."""
+    from spikedriven.cli import main
+    from spikedriven.model import SpikeDrivenTransformer
+
+    kw = dict(img_size=16, in_channels=1, num_classes=5, embed_dim=32, depth=1, T=3, pooling_stat="0011")
+    ours, bare = tmp_path / "ours.pth", tmp_path / "bare.pth"
+    sd = SpikeDrivenTransformer(**kw).state_dict()
+    torch.save({"state_dict": sd, "model_kwargs": kw}, ours)
+    torch.save({"state_dict": sd}, bare)
+    js = tmp_path / "e.json"
+    assert main(["energy", "--checkpoint", str(ours), "--uniform-rate", "0.1", "--T", "2", "--json", str(js)]) == 0
+    d = json.loads(js.read_text())
+    expected = energy_from_config(SpikeDrivenTransformer(**{**kw, "T": 2}), 0.1)
+    assert math.isclose(d["totals"]["total_mj"], expected.total_mj)
+    assert not math.isclose(expected.total_mj, energy_from_config(SpikeDrivenTransformer(**kw), 0.1).total_mj)
+    assert main(["verify", "--checkpoint", str(ours), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["energy", "--checkpoint", str(bare), "--uniform-rate", "0.1"]) == 2
+    assert "pass --model NAME or --config YAML" in capsys.readouterr().err
+
+
 def test_cli_uniform_rate_and_theory(capsys, tmp_path):
     from spikedriven.cli import main
 
@@ -200,7 +223,7 @@ def test_measured_report_normalises_like_training():
     assert _dataset_norm("fmnist") == ((0.2860,), (0.3530,)) and _dataset_norm("digits") == ((0.3050,), (0.3800,))
     assert _dataset_norm("imagenet")[0] != 0.5  # ImageNet statistics
     assert _dataset_norm("gesture") == (0.5, 0.5)  # event frames: no normalisation defined
-    m = create_model("sdt_fmnist_2_128")
+    m = create_model("sdt_fmnist_1_128")
     x = torch.full((1, 1, 28, 28), 0.2860)
     x[0, 0, 0, 1] += 0.3530
     y = _to_model_input(x, m, 28, *_dataset_norm("fashion-mnist"))

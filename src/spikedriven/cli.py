@@ -9,26 +9,49 @@ import argparse
 import importlib
 import os
 import sys
+from pathlib import Path
 
 import torch
 
 _PLUGIN_MODULES = ("verify", "train", "energy", "viz", "engine")
 
 
-def build_model_from_args(args, **overrides):
-    """Model from ``--config`` (YAML) or ``--model`` (registry name), then ``--checkpoint`` if given."""
-    from .model import create_model
+DEFAULT_MODEL = "sdt_cifar10_2_256"
 
+
+def build_model_from_args(args, **overrides):
+    """Model from ``--config`` (YAML) or ``--model`` (registry name), then ``--checkpoint`` if given.
+
+    With neither, a checkpoint written by ``spikedriven train`` describes its own model (its ``model_kwargs``);
+    otherwise the default model is built. ``overrides`` (e.g. ``T=4``) replace constructor arguments.
+    """
+    from .model import SpikeDrivenTransformer, create_model
+
+    ckpt, ema = getattr(args, "checkpoint", None), getattr(args, "ema", False)
     if getattr(args, "config", None):
         from .config import create_model_from_yaml
 
         model = create_model_from_yaml(args.config, **overrides)
-    else:
+    elif getattr(args, "model", None):
         model = create_model(args.model, **overrides)
-    if getattr(args, "checkpoint", None):
+    else:
+        kw = None
+        if ckpt:
+            from .checkpoint import load_checkpoint
+
+            kw = load_checkpoint(ckpt, use_ema=ema)[1].get("model_kwargs")
+        if isinstance(kw, dict):
+            model = SpikeDrivenTransformer(**{**kw, **overrides})
+            model.model_name = f"sdt_{model.depth}_{model.embed_dim} ({Path(ckpt).name})"
+        elif ckpt:
+            raise ValueError(f"{ckpt} does not say which model it holds (no model_kwargs: not written by "
+                             f"spikedriven train); pass --model NAME or --config YAML")
+        else:
+            model = create_model(DEFAULT_MODEL, **overrides)
+    if ckpt:
         from .checkpoint import load_into_model
 
-        load_into_model(model, args.checkpoint, strict=True, use_ema=getattr(args, "ema", False))
+        load_into_model(model, ckpt, strict=True, use_ema=ema)
     return model
 
 
@@ -113,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=_cmd_models)
 
     f = sub.add_parser("forward", help="one forward pass on random input: logits, firing rates, parameter count")
-    f.add_argument("--model", default="sdt_cifar10_2_256")
+    f.add_argument("--model", help="registered model name (default: the checkpoint's model, else "
+                   f"{DEFAULT_MODEL})")
     f.add_argument("--config", help="YAML config (official conf/**/*.yml or ours) instead of --model")
     f.add_argument("--checkpoint")
     f.add_argument("--ema", action="store_true", help="load the EMA weights of the checkpoint")

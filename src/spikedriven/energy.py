@@ -724,7 +724,7 @@ def add_cli(subparsers) -> None:
         description="Measured mode (default): run the model over data and report per-layer input firing rates, "
                     "FLOPs, SOPs, MAC/AC and energy. --uniform-rate R: the same report from shapes only, every "
                     "AC layer at rate R. --theory: operation counts and energy of VSA, SSA and SDSA.")
-    p.add_argument("--model", default="sdt_cifar10_2_256", help="registered model name")
+    p.add_argument("--model", help="registered model name (default: the checkpoint's model, else sdt_cifar10_2_256)")
     p.add_argument("--config", help="YAML config instead of --model")
     p.add_argument("--checkpoint", help="weights to load")
     p.add_argument("--ema", action="store_true", help="load the EMA weights of the checkpoint")
@@ -772,7 +772,7 @@ def _cli(args) -> int:
                   f"87.2x needs {h['free_parameter']} = {h['value_for_target']:.4g}")
         return 0
     if args.uniform_rate is not None:
-        if args.config:
+        if args.config or not args.model:  # a YAML, a checkpoint that names its model, or the default
             rep = energy_from_config(_build(args, overrides), args.uniform_rate, sdsa_rate=args.sdsa_rate,
                                      e_mac=args.e_mac, e_ac=args.e_ac, first_layer_T=args.first_layer_T,
                                      img_size=args.img_size)

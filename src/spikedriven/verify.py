@@ -168,7 +168,8 @@ def add_cli(subparsers) -> None:
     p = subparsers.add_parser("verify", help="prove the spike-driven property of a model on an input",
                               description="Run a model and check that every conv/linear input except the encoding "
                                           "layer is binary and SDSA uses only masks and additions. Exit code 1 if not.")
-    p.add_argument("--model", default="sdt_cifar10_2_256", help="registered model name (see `spikedriven models`)")
+    p.add_argument("--model", help="registered model name (see `spikedriven models`; default: the checkpoint's "
+                   "model, else sdt_cifar10_2_256)")
     p.add_argument("--config", help="build from a YAML config (official conf/**/*.yml or ours) instead of --model")
     p.add_argument("--checkpoint", help="weights to load (.pth.tar, .pth, .safetensors)")
     p.add_argument("--attn-mode", choices=["sdsa", "sdsa_v1", "ssa", "softmax"])

@@ -224,7 +224,7 @@ def add_cli(subparsers) -> None:
                               description="Write PNGs for a model on an input (random, a digits sample, or an "
                                           "image file).")
     p.add_argument("what", choices=["rates", "raster", "attention"])
-    p.add_argument("--model", default="sdt_cifar10_2_256")
+    p.add_argument("--model", help="registered model name (default: the checkpoint's model, else sdt_cifar10_2_256)")
     p.add_argument("--config")
     p.add_argument("--checkpoint")
     p.add_argument("--ema", action="store_true")
