@@ -32,7 +32,7 @@ def test_parameter_counts_equal_spec(name):
     assert n - 64 * k["depth"] == n - sum(b.attn.talking_heads.weight.numel() for b in m.block)
 
 
-@pytest.mark.parametrize("name", ["sdt_digits_1_64", "sdt_fmnist_2_128", "sdt_sim_fmnist_dvs_2_128_t10"])
+@pytest.mark.parametrize("name", ["sdt_digits_1_64", "sdt_fmnist_1_128", "sdt_sim_fmnist_dvs_2_128_t10"])
 def test_our_small_models_match_closed_form(name):
     m, k = create_model(name), model_info(name).kwargs
     n = sum(p.numel() for p in m.parameters())

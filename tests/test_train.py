@@ -310,6 +310,30 @@ def test_sample_limits_take_a_spread_subset_not_the_first_n():
     assert len(SeededDataset(base, limit=5000)) == 1000 and SeededDataset(base)[3][1] == 0
 
 
+def test_seeded_augmentation_is_per_sample_and_leaves_global_rngs_alone():
+    """A random transform draws from python, numpy and torch; each sample's draw depends only on (seed, epoch,
+    index), and the global generators continue as if the dataset had not been read."""
+    import random as pyrandom
+
+    import numpy as np
+
+    from spikedriven.training.data import SeededDataset
+
+    def draw(x):
+        return (x, pyrandom.random(), float(np.random.rand()), float(torch.rand(())))
+
+    ds = SeededDataset([(0, 0)] * 4, draw, seed=3)
+    pyrandom.seed(1), np.random.seed(1), torch.manual_seed(1)
+    expected = (pyrandom.random(), float(np.random.rand()), float(torch.rand(())))
+    pyrandom.seed(1), np.random.seed(1), torch.manual_seed(1)
+    first = [ds[i][0] for i in range(4)]
+    assert (pyrandom.random(), float(np.random.rand()), float(torch.rand(()))) == expected
+    assert len({d[1:] for d in first}) == 4  # different samples, different draws
+    assert [ds[i][0] for i in (2, 0)] == [first[2], first[0]]  # order of access does not matter
+    ds.set_epoch(1)
+    assert all(ds[i][0][1:] != first[i][1:] for i in range(4))  # a new epoch, new draws
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_cpu_bf16_warns_only_where_it_is_emulated(tmp_path, monkeypatch, native):
     import spikedriven.training.loop as loop
