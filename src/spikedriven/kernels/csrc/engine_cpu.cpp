@@ -79,9 +79,41 @@ void check(const at::Tensor& t, at::ScalarType dtype, int64_t dim, const char* n
   TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
 }
 
+// The optional residual of the accumulation kernels: an empty tensor means none, else [rows, cout] float32.
+const float* optional_resid(const at::Tensor& resid, int64_t rows, int64_t cout, const char* shape) {
+  if (resid.numel() == 0) return nullptr;
+  check(resid, at::kFloat, 2, "resid");
+  TORCH_CHECK(resid.size(0) == rows && resid.size(1) == cout, "resid must be ", shape);
+  return resid.data_ptr<float>();
+}
+
 int threads_or_default(int64_t threads) { return threads > 0 ? static_cast<int>(threads) : omp_get_max_threads(); }
 
 // ----------------------------------------------------------------------------------------------------- LIF
+// One multi-step LIF update of n neurons: H = V + (X - V) * k (or / tau), S = [H >= v_th], V = S ? 0 : H.
+struct Lif {
+  float vth, k, tau;
+  bool divide;
+};
+
+inline void lif_step(const float* x, float* v, uint8_t* s, int64_t n, const Lif& p) {
+  if (p.divide) {
+    for (int64_t c = 0; c < n; ++c) {
+      const float h = v[c] + (x[c] - v[c]) / p.tau;
+      const bool sp = h >= p.vth;
+      v[c] = sp ? 0.f : h;
+      s[c] = sp;
+    }
+  } else {
+    for (int64_t c = 0; c < n; ++c) {
+      const float h = v[c] + (x[c] - v[c]) * p.k;
+      const bool sp = h >= p.vth;
+      v[c] = sp ? 0.f : h;
+      s[c] = sp;
+    }
+  }
+}
+
 // x[Tx, R, C] (Tx = T, or 1 for an input repeated at every step) -> CSR spikes idx[T*R, C], cnt[T*R].
 void lif_csr(const at::Tensor& x, int64_t T, double vth_d, double k_d, double tau_d, bool divide, at::Tensor idx,
              at::Tensor cnt, int64_t threads) {
@@ -91,7 +123,7 @@ void lif_csr(const at::Tensor& x, int64_t T, double vth_d, double k_d, double ta
   const int64_t Tx = x.size(0), R = x.size(1), C = x.size(2);
   TORCH_CHECK(Tx == T || Tx == 1, "x must have T=", T, " or 1 time steps, got ", Tx);
   TORCH_CHECK(idx.size(0) == T * R && idx.size(1) == C && cnt.size(0) == T * R, "idx/cnt must be [T*R, C]/[T*R]");
-  const float vth = static_cast<float>(vth_d), k = static_cast<float>(k_d), tau = static_cast<float>(tau_d);
+  const Lif p{static_cast<float>(vth_d), static_cast<float>(k_d), static_cast<float>(tau_d), divide};
   const float* xp = x.data_ptr<float>();
   int32_t* ip = idx.data_ptr<int32_t>();
   int32_t* cp = cnt.data_ptr<int32_t>();
@@ -103,30 +135,13 @@ void lif_csr(const at::Tensor& x, int64_t T, double vth_d, double k_d, double ta
     for (int64_t r = 0; r < R; ++r) {
       std::fill(v.begin(), v.end(), 0.f);
       for (int64_t t = 0; t < T; ++t) {
-        const float* xr = xp + ((Tx > 1 ? t : 0) * R + r) * C;
-        float* vr = v.data();
-        uint8_t* sr = s.data();
-        if (divide) {
-          for (int64_t c = 0; c < C; ++c) {
-            const float h = vr[c] + (xr[c] - vr[c]) / tau;
-            const bool sp = h >= vth;
-            vr[c] = sp ? 0.f : h;
-            sr[c] = sp;
-          }
-        } else {
-          for (int64_t c = 0; c < C; ++c) {
-            const float h = vr[c] + (xr[c] - vr[c]) * k;
-            const bool sp = h >= vth;
-            vr[c] = sp ? 0.f : h;
-            sr[c] = sp;
-          }
-        }
+        lif_step(xp + ((Tx > 1 ? t : 0) * R + r) * C, v.data(), s.data(), C, p);
         const int64_t o = t * R + r;
         int32_t* ir = ip + o * C;
         int32_t n = 0;
         for (int64_t c = 0; c < C; ++c) {  // branch-free compaction
           ir[n] = static_cast<int32_t>(c);
-          n += sr[c];
+          n += s[c];
         }
         cp[o] = n;
       }
@@ -146,16 +161,11 @@ void sparse_linear(const at::Tensor& idx, const at::Tensor& cnt, const at::Tenso
   const int64_t R = cnt.size(0), cin = wt.size(0), cout = wt.size(1), istride = idx.size(1);
   TORCH_CHECK(idx.size(0) == R && istride <= cin, "idx must be [R, <= Cin]");
   TORCH_CHECK(out.size(0) == R && out.size(1) == cout && bias.size(0) == cout, "out/bias shape mismatch");
-  const bool has_res = resid.numel() > 0;
-  if (has_res) {
-    check(resid, at::kFloat, 2, "resid");
-    TORCH_CHECK(resid.size(0) == R && resid.size(1) == cout, "resid must be [R, Cout]");
-  }
   const int32_t* ip = idx.data_ptr<int32_t>();
   const int32_t* cp = cnt.data_ptr<int32_t>();
   const float* wp = wt.data_ptr<float>();
   const float* bp = bias.data_ptr<float>();
-  const float* rp = has_res ? resid.data_ptr<float>() : nullptr;
+  const float* rp = optional_resid(resid, R, cout, "[R, Cout]");
   float* op = out.data_ptr<float>();
 #pragma omp parallel for schedule(dynamic, 8) num_threads(threads_or_default(threads))
   for (int64_t r = 0; r < R; ++r) {
@@ -184,16 +194,11 @@ void sparse_conv3x3(const at::Tensor& idx, const at::Tensor& cnt, int64_t NB, in
   TORCH_CHECK(cnt.size(0) == P && idx.size(0) == P && istride <= w.size(0), "idx/cnt must have NB*H*W rows");
   TORCH_CHECK(out.size(0) == P && out.size(1) == cout && bias.size(0) == cout && acc.size(0) == NB * H,
               "out/bias/acc shape mismatch");
-  const bool has_res = resid.numel() > 0;
-  if (has_res) {
-    check(resid, at::kFloat, 2, "resid");
-    TORCH_CHECK(resid.size(0) == P && resid.size(1) == cout, "resid must be [NB*H*W, Cout]");
-  }
   const int32_t* ip = idx.data_ptr<int32_t>();
   const int32_t* cp = cnt.data_ptr<int32_t>();
   const float* wp = w.data_ptr<float>();
   const float* bp = bias.data_ptr<float>();
-  const float* rp = has_res ? resid.data_ptr<float>() : nullptr;
+  const float* rp = optional_resid(resid, P, cout, "[NB*H*W, Cout]");
   float* op = out.data_ptr<float>();
   int64_t* ap = acc.data_ptr<int64_t>();
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_or_default(threads))
@@ -235,29 +240,6 @@ void sparse_conv3x3(const at::Tensor& idx, const at::Tensor& cnt, int64_t NB, in
 // pre-activations of q | k | v; spikes go to *bits[T, B, D, NW] (bit n%64 of word n//64 = token n, zeroed by the
 // caller); per (t, b, c): count = sum_w popcount(K & V) -> mask LIF (over t) -> mask[t, b, c], Y = Q & mask.
 // One task = one sample x 64 channels: the LIF updates run vectorised over the channels of one token.
-struct Lif {
-  float vth, k, tau;
-  bool divide;
-};
-
-inline void lif_step(const float* x, float* v, uint8_t* s, int64_t n, const Lif& p) {
-  if (p.divide) {
-    for (int64_t c = 0; c < n; ++c) {
-      const float h = v[c] + (x[c] - v[c]) / p.tau;
-      const bool sp = h >= p.vth;
-      v[c] = sp ? 0.f : h;
-      s[c] = sp;
-    }
-  } else {
-    for (int64_t c = 0; c < n; ++c) {
-      const float h = v[c] + (x[c] - v[c]) * p.k;
-      const bool sp = h >= p.vth;
-      v[c] = sp ? 0.f : h;
-      s[c] = sp;
-    }
-  }
-}
-
 void qkv_lif_sdsa(const at::Tensor& pre, int64_t T, int64_t B, int64_t N, int64_t D, double vq, double kq, double tq,
                   double vk, double kk, double tk, double vv, double kv, double tv, double vm, double km, double tm,
                   bool divide, at::Tensor qbits, at::Tensor kbits, at::Tensor vbits, at::Tensor ybits, at::Tensor mask,
