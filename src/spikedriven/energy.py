@@ -645,16 +645,6 @@ def _to_model_input(x: torch.Tensor, model, img_size: int, mean=0.5, std=0.5) ->
     return ((x - m) / sd).contiguous()
 
 
-def _dataset_norm(name: str):
-    """(mean, std) a model trained by our recipes on dataset ``name`` saw (DATASET_INFO, else 0.5 / 0.5)."""
-    try:
-        from .data import DATASET_INFO, canonical_name
-    except ImportError:
-        return 0.5, 0.5
-    info = DATASET_INFO.get(canonical_name(name), {})
-    return info.get("mean") or 0.5, info.get("std") or 0.5
-
-
 def _digits_batches(model, n_batches: int, batch_size: int, img_size: int):
     from sklearn.datasets import load_digits
 
@@ -662,7 +652,9 @@ def _digits_batches(model, n_batches: int, batch_size: int, img_size: int):
         raise ValueError("--data digits gives static images; this model expects event frames (use --data random)")
     d = load_digits()
     imgs = torch.tensor(d.images, dtype=torch.float32) / 16.0
-    mean, std = _dataset_norm("digits")
+    from .data import dataset_normalisation
+
+    mean, std = dataset_normalisation("digits")
     for i in range(n_batches):
         chunk = imgs[i * batch_size:(i + 1) * batch_size]
         if len(chunk) == 0:
@@ -675,12 +667,12 @@ def _dataset_batches(model, name: str, root: str, n_batches: int, batch_size: in
     import numpy as np
 
     try:
-        from .data import create_dataset
+        from .data import create_dataset, dataset_normalisation
     except ImportError as e:
         raise ValueError(f"--data {name} needs spikedriven.data, which is not available here ({e}); "
                          f"use --data random or --data digits") from None
     ds = create_dataset(name, root, split="test", T=model.T)
-    mean, std = _dataset_norm(name)
+    mean, std = dataset_normalisation(name)
     items = []
     for i in range(min(len(ds), n_batches * batch_size)):
         x = ds[i][0] if isinstance(ds[i], (tuple, list)) else ds[i]

@@ -12,7 +12,7 @@ from .events import (EventFrameDataset, TETFolderDataset, cifar10_dvs, gesture, 
 from .simulate import image_to_events, write_simulated_dataset
 from .static import DatasetError, cifar, digits, fashion_mnist, image_folder, read_idx
 
-__all__ = ["DATASET_INFO", "DATASET_ALIASES", "canonical_name", "create_dataset", "DatasetError", "integrate_frames", "read_idx", "read_npz_events",
+__all__ = ["DATASET_INFO", "DATASET_ALIASES", "canonical_name", "dataset_normalisation", "create_dataset", "DatasetError", "integrate_frames", "read_idx", "read_npz_events",
            "read_tonic_npy", "image_to_events", "write_simulated_dataset", "EventFrameDataset"]
 
 DATASET_INFO: dict[str, dict] = {
@@ -45,6 +45,12 @@ def canonical_name(name: str) -> str:
     """Our name for a dataset spelled ``name`` (case-insensitive; aliases resolved; unknown names lower-cased)."""
     n = str(name or "").strip().lower()
     return DATASET_ALIASES.get(n, n)
+
+
+def dataset_normalisation(name: str):
+    """(mean, std) a model trained by our recipes on dataset ``name`` saw (DATASET_INFO, else 0.5 / 0.5)."""
+    info = DATASET_INFO.get(canonical_name(name), {})
+    return info.get("mean") or 0.5, info.get("std") or 0.5
 
 
 def _split(split: str) -> str:

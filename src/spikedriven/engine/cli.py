@@ -57,16 +57,16 @@ def normalisation(meta, args) -> tuple[list[float], list[float], str]:
     `spikedriven train` checkpoint, or a ``preprocess`` entry), else the named dataset's statistics, else 0.5."""
     pre = meta.get("preprocess") if isinstance(meta.get("preprocess"), dict) else {}
     rec = meta.get("recipe") if isinstance(meta.get("recipe"), dict) else {}
-    from ..energy import _dataset_norm
+    from ..data import dataset_normalisation
 
     for mean, std, src in ((args.mean, args.std, "--mean/--std"), (pre.get("mean"), pre.get("std"), "checkpoint"),
                            (rec.get("mean"), rec.get("std"), "the run's recipe")):
         if mean or std:
-            fallback = _dataset_norm(rec.get("dataset") or args.data)
+            fallback = dataset_normalisation(rec.get("dataset") or args.data)
             mean, std = mean or fallback[0], std or fallback[1]
             break
     else:
-        mean, std = _dataset_norm(args.data)
+        mean, std = dataset_normalisation(args.data)
         src = f"{args.data} statistics" if (mean, std) != (0.5, 0.5) else "default 0.5/0.5"
     as_list = lambda v: [float(u) for u in np.atleast_1d(np.asarray(v, np.float64))]  # noqa: E731
     return as_list(mean), as_list(std), src
