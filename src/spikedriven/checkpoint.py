@@ -129,9 +129,15 @@ def load_into_model(model: nn.Module, path: str | os.PathLike, strict: bool = Tr
     Returns a dict with ``missing``, ``unexpected``, ``shape_mismatch`` and the file's ``meta``.
     """
     sd, meta = load_checkpoint(path, map_location=map_location, use_ema=use_ema)
+    return {**load_state_into_model(model, sd, strict, source=str(path)), "meta": meta}
+
+
+def load_state_into_model(model: nn.Module, sd: dict, strict: bool = True, source: str = "state_dict") -> dict:
+    """:func:`load_into_model` for a state_dict already read by :func:`load_checkpoint` (``source`` names it in
+    errors). Returns ``missing``, ``unexpected`` and ``shape_mismatch``."""
     missing, unexpected, shapes = _mismatch_report(model, sd)
     if shapes or (strict and (missing or unexpected)):
-        lines = [f"checkpoint {path} does not match the model:"]
+        lines = [f"checkpoint {source} does not match the model:"]
         if missing:
             lines.append(f"  missing keys ({len(missing)}): {missing[:20]}{' ...' if len(missing) > 20 else ''}")
         if unexpected:
@@ -144,7 +150,7 @@ def load_into_model(model: nn.Module, path: str | os.PathLike, strict: bool = Tr
             lines.append(f"  the checkpoint looks like: {hint}")
         raise CheckpointError("\n".join(lines))
     model.load_state_dict(sd, strict=strict)
-    return {"missing": missing, "unexpected": unexpected, "shape_mismatch": shapes, "meta": meta}
+    return {"missing": missing, "unexpected": unexpected, "shape_mismatch": shapes}
 
 
 def _config_hint(sd: dict) -> str:

@@ -19,40 +19,40 @@ _PLUGIN_MODULES = ("verify", "train", "energy", "viz", "engine")
 DEFAULT_MODEL = "sdt_cifar10_2_256"
 
 
-def build_model_from_args(args, **overrides):
-    """Model from ``--config`` (YAML) or ``--model`` (registry name), then ``--checkpoint`` if given.
+def model_from_args(args, **overrides):
+    """``(model, checkpoint meta)`` from ``--config`` (YAML) or ``--model`` (registry name), with the weights of
+    ``--checkpoint`` if given (the file is read once; meta is ``{}`` without one).
 
     With neither, a checkpoint written by ``spikedriven train`` describes its own model (its ``model_kwargs``);
     otherwise the default model is built. ``overrides`` (e.g. ``T=4``) replace constructor arguments.
     """
+    from .checkpoint import load_checkpoint, load_state_into_model
     from .model import SpikeDrivenTransformer, create_model
 
-    ckpt, ema = getattr(args, "checkpoint", None), getattr(args, "ema", False)
+    ckpt = getattr(args, "checkpoint", None)
+    sd, meta = load_checkpoint(ckpt, use_ema=getattr(args, "ema", False)) if ckpt else (None, {})
     if getattr(args, "config", None):
         from .config import create_model_from_yaml
 
         model = create_model_from_yaml(args.config, **overrides)
     elif getattr(args, "model", None):
         model = create_model(args.model, **overrides)
+    elif isinstance(meta.get("model_kwargs"), dict):
+        model = SpikeDrivenTransformer(**{**meta["model_kwargs"], **overrides})
+        model.model_name = f"sdt_{model.depth}_{model.embed_dim} ({Path(ckpt).name})"
+    elif ckpt:
+        raise ValueError(f"{ckpt} does not say which model it holds (no model_kwargs: not written by "
+                         f"spikedriven train); pass --model NAME or --config YAML")
     else:
-        kw = None
-        if ckpt:
-            from .checkpoint import load_checkpoint
-
-            kw = load_checkpoint(ckpt, use_ema=ema)[1].get("model_kwargs")
-        if isinstance(kw, dict):
-            model = SpikeDrivenTransformer(**{**kw, **overrides})
-            model.model_name = f"sdt_{model.depth}_{model.embed_dim} ({Path(ckpt).name})"
-        elif ckpt:
-            raise ValueError(f"{ckpt} does not say which model it holds (no model_kwargs: not written by "
-                             f"spikedriven train); pass --model NAME or --config YAML")
-        else:
-            model = create_model(DEFAULT_MODEL, **overrides)
+        model = create_model(DEFAULT_MODEL, **overrides)
     if ckpt:
-        from .checkpoint import load_into_model
+        load_state_into_model(model, sd, strict=True, source=str(ckpt))
+    return model, meta
 
-        load_into_model(model, ckpt, strict=True, use_ema=ema)
-    return model
+
+def build_model_from_args(args, **overrides):
+    """The model of :func:`model_from_args`."""
+    return model_from_args(args, **overrides)[0]
 
 
 def _cmd_models(args) -> int:

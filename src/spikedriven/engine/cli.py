@@ -42,14 +42,10 @@ def add_cli(subparsers) -> None:
 # ------------------------------------------------------------------ model and data
 def load_model(args):
     """Model from --config/--model, else from the checkpoint's ``model_kwargs``; and the checkpoint's metadata."""
-    from ..cli import build_model_from_args
+    from ..cli import model_from_args
 
-    meta = {}
-    if args.checkpoint:
-        from ..checkpoint import load_checkpoint
-
-        _, meta = load_checkpoint(args.checkpoint, use_ema=getattr(args, "ema", False))
-    return build_model_from_args(args).eval(), meta
+    model, meta = model_from_args(args)
+    return model.eval(), meta
 
 
 def normalisation(meta, args) -> tuple[list[float], list[float], str]:
