@@ -206,20 +206,32 @@ def test_backward_reaches_all_trainable_parameters_but_talking_heads():
     assert no_grad == {f"block.{i}.attn.talking_heads.weight" for i in range(2)}
 
 
-def test_channels_last_is_an_execution_option_only():
+@pytest.mark.parametrize("in_channels", [3, 1])
+def test_channels_last_is_an_execution_option_only(in_channels):
     torch.manual_seed(0)
-    a = create_model("sdt_cifar10_2_256", embed_dim=64, channels_last=False).double()
-    b = create_model("sdt_cifar10_2_256", embed_dim=64, channels_last=True).double()
+    kw = dict(embed_dim=64, in_channels=in_channels)
+    a = create_model("sdt_cifar10_2_256", channels_last=False, **kw).double()
+    b = create_model("sdt_cifar10_2_256", channels_last=True, **kw).double()
     b.load_state_dict(a.state_dict())
-    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    x = torch.randn(3, in_channels, 32, 32, dtype=torch.float64)
     from spikedriven.model import calibrate_bn
 
     calibrate_bn(a, [x]), calibrate_bn(b, [x])
     a.eval(), b.eval()
-    feats = b.patch_embed(b.to_time_major(x))
-    assert feats.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(a(x), b(x), rtol=1e-9, atol=1e-9)
-    assert a(x).abs().sum() > 0
+    # Every conv after the image conv must see NHWC storage. A 1-channel NHWC image is also NCHW-contiguous,
+    # so the first conv's output format is ambiguous unless the stem fixes it (it used to silently go NCHW).
+    seen = {}
+    hooks = [c.register_forward_hook(lambda mod, inp, out, n=n: seen.__setitem__(n, inp[0]))
+             for n, c in b.named_modules() if isinstance(c, torch.nn.Conv2d)]
+    out_b = b(x)
+    for h in hooks:
+        h.remove()
+    later = {n: t for n, t in seen.items() if n != "patch_embed.proj_conv"}
+    assert len(later) == 4 + 4 * 2 + 2 * 2  # 3 stem convs + rpe, q/k/v/proj and fc1/fc2 of 2 blocks
+    nchw = [n for n, t in later.items() if not t.is_contiguous(memory_format=torch.channels_last)]
+    assert not nchw, f"convs fed NCHW activations: {nchw}"
+    torch.testing.assert_close(a(x), out_b, rtol=1e-9, atol=1e-9)
+    assert out_b.abs().sum() > 0
 
 
 @pytest.mark.parametrize("amp", [False, True])

@@ -33,6 +33,11 @@ def seq(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return y.reshape(T, B, *y.shape[1:])
 
 
+def _nhwc(x: torch.Tensor) -> torch.Tensor:
+    """``[T, B, C, H, W]`` with NHWC storage per frame (a no-op copy when it already is)."""
+    return x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+
+
 def erode(x: torch.Tensor) -> torch.Tensor:
     """DVS-mode "Erode" of the official code: a 3x3 max over the last two axes of a 5-D tensor (stride 1).
 
@@ -128,6 +133,9 @@ class MS_SPS(nn.Module):
         super().__init__()
         self.pooling_stat = pooling_stat
         self.shortcut = shortcut
+        # The model's channels_last switch: keep activations in NHWC storage. A 1-channel NHWC image is also
+        # NCHW-contiguous, so without this the first conv returns NCHW and every later layer follows it.
+        self.channels_last = False
         d = embed_dim
         chans = [in_channels, d // 8, d // 4, d // 2, d]
         suffix = ["", "1", "2", "3"]
@@ -146,7 +154,10 @@ class MS_SPS(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         stat = self.pooling_stat
         for i, s in enumerate(["", "1", "2"]):
-            x = seq(getattr(self, f"proj_bn{s}"), seq(getattr(self, f"proj_conv{s}"), x))
+            x = seq(getattr(self, f"proj_conv{s}"), x)
+            if i == 0 and self.channels_last:
+                x = _nhwc(x)
+            x = seq(getattr(self, f"proj_bn{s}"), x)
             x = getattr(self, f"proj_lif{s}")(x)
             if stat[i] == "1":
                 x = seq(getattr(self, f"maxpool{s}"), x)

@@ -78,9 +78,9 @@ class SpikeDrivenTransformer(nn.Module):
         self.spike_mode, self.attn_mode, self.shortcut = spike_mode, attn_mode, shortcut
         self.drop_path_rate = drop_path_rate
         self.downsample = 2 ** pooling_stat.count("1")
-        self.channels_last = channels_last
 
         self.patch_embed = MS_SPS(in_channels, embed_dim, pooling_stat, spike_mode, shortcut)
+        self.channels_last = channels_last
         dpr = torch.linspace(0, drop_path_rate, depth).tolist() if depth else []
         self.block = nn.ModuleList(
             MS_Block_Conv(embed_dim, num_heads, mlp_ratio, spike_mode, dvs_mode, attn_mode, shortcut, dpr[j])
@@ -102,7 +102,7 @@ class SpikeDrivenTransformer(nn.Module):
         if lif_backend is not None:
             self.set_lif_backend(lif_backend)
         if channels_last is not None:
-            self.channels_last = bool(channels_last)
+            self.channels_last = channels_last
         if compact_spikes is not None:
             from .layers import SpikeConv2d
 
@@ -110,6 +110,14 @@ class SpikeDrivenTransformer(nn.Module):
                 if isinstance(m, SpikeConv2d):
                     m.compact = bool(compact_spikes) and getattr(m, "_compact_allowed", True)
         return self
+
+    @property
+    def channels_last(self) -> bool:
+        return self.patch_embed.channels_last
+
+    @channels_last.setter
+    def channels_last(self, value: bool) -> None:
+        self.patch_embed.channels_last = bool(value)  # the stem keeps the layout past a 1-channel image
 
     def set_lif_backend(self, backend: str) -> "SpikeDrivenTransformer":
         """Switch every neuron to ``backend`` ("auto", "torch", "cpp", "triton")."""
