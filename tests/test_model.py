@@ -209,7 +209,7 @@ def test_backward_reaches_all_trainable_parameters_but_talking_heads():
 @pytest.mark.parametrize("in_channels", [3, 1])
 def test_channels_last_is_an_execution_option_only(in_channels):
     torch.manual_seed(0)
-    kw = dict(embed_dim=64, in_channels=in_channels)
+    kw = dict(embed_dim=64, in_channels=in_channels, lif_backend="auto")  # "torch" would not keep NHWC gradients
     a = create_model("sdt_cifar10_2_256", channels_last=False, **kw).double()
     b = create_model("sdt_cifar10_2_256", channels_last=True, **kw).double()
     b.load_state_dict(a.state_dict())
@@ -232,6 +232,32 @@ def test_channels_last_is_an_execution_option_only(in_channels):
     assert not nchw, f"convs fed NCHW activations: {nchw}"
     torch.testing.assert_close(a(x), out_b, rtol=1e-9, atol=1e-9)
     assert out_b.abs().sum() > 0
+    # gradients: the same values, and NHWC all the way back (every BN receives an NHWC gradient)
+    layouts = {}
+    hooks = [bn.register_full_backward_hook(
+        lambda mod, gin, gout, n=n: layouts.__setitem__(n, gout[0].is_contiguous(memory_format=torch.channels_last)))
+        for n, bn in b.named_modules() if isinstance(bn, torch.nn.BatchNorm2d)]
+    xg = x.clone().requires_grad_()
+    (ga,) = torch.autograd.grad(a(xg).square().sum(), xg)
+    (gb,) = torch.autograd.grad(b(xg).square().sum(), xg)
+    for h in hooks:
+        h.remove()
+    torch.testing.assert_close(ga, gb, rtol=1e-9, atol=1e-12)
+    assert ga.abs().sum() > 0 and len(layouts) == 5 + 2 * 6
+    assert all(layouts.values()), [n for n, ok in layouts.items() if not ok]
+
+
+def test_token_mean_gradient_is_exact_and_nhwc():
+    from spikedriven.layers import _nhwc, token_mean
+
+    x = _nhwc(torch.randn(2, 3, 5, 4, 6)).requires_grad_()
+    g = torch.randn(2, 3, 5)
+    (ours,) = torch.autograd.grad(token_mean(x, nhwc_grad=True), x, g)
+    (ref,) = torch.autograd.grad(x.flatten(3).mean(3), x, g)
+    assert torch.equal(ours, ref)
+    assert ours.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
+    assert not ref.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)  # why token_mean exists
+    torch.testing.assert_close(ours[1, 2, 3], g[1, 2, 3].expand(4, 6) / 24, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("amp", [False, True])

@@ -38,6 +38,30 @@ def _nhwc(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
 
 
+class _TokenMeanNHWC(torch.autograd.Function):
+    """Mean over the token axes of an NHWC-stored ``[T, B, C, H, W]``. Autograd's own backward is an expanded
+    NCHW view; added into the residual path it turns every gradient upstream of the head NCHW, and PyTorch's
+    BatchNorm backward on an NHWC input with an NCHW gradient is about 2x slower (SDT 1-128 training step: BN
+    23-27 -> 13-16 ms). This backward materialises the gradient once, in NHWC storage."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.shape = x.shape
+        return x.flatten(3).mean(3)
+
+    @staticmethod
+    def backward(ctx, g):
+        T, B, C, H, W = ctx.shape
+        return _nhwc((g / (H * W))[..., None, None].expand(T, B, C, H, W))
+
+
+def token_mean(x: torch.Tensor, nhwc_grad: bool = False) -> torch.Tensor:
+    """``[T, B, C, H, W] -> [T, B, C]`` mean over tokens; ``nhwc_grad``: its gradient comes back NHWC-stored."""
+    if nhwc_grad and torch.is_grad_enabled() and x.requires_grad:
+        return _TokenMeanNHWC.apply(x)
+    return x.flatten(3).mean(3)
+
+
 def erode(x: torch.Tensor) -> torch.Tensor:
     """DVS-mode "Erode" of the official code: a 3x3 max over the last two axes of a 5-D tensor (stride 1).
 

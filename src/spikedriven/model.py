@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .layers import ATTN_MODES, SHORTCUTS, MS_Block_Conv, MS_SPS
+from .layers import ATTN_MODES, SHORTCUTS, MS_Block_Conv, MS_SPS, token_mean
 from .neuron import make_neuron
 
 __all__ = ["SpikeDrivenTransformer", "create_model", "list_models", "model_info", "ModelInfo", "register_model"]
@@ -178,7 +178,7 @@ class SpikeDrivenTransformer(nn.Module):
         x = self.patch_embed(self.to_time_major(x))
         for blk in self.block:
             x = blk(x)
-        return x.flatten(3).mean(3)
+        return token_mean(x, nhwc_grad=self.channels_last)
 
     def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
         out = self.head(self.head_lif(feats))  # [T, B, K]
