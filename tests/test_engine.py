@@ -7,10 +7,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-os.environ.setdefault("SPIKEDRIVEN_LIF_BACKEND", "torch")
+from spikedriven import SpikeDrivenTransformer
+from spikedriven.model import calibrate_bn
 
-from spikedriven import SpikeDrivenTransformer  # noqa: E402
-from spikedriven.model import calibrate_bn  # noqa: E402
+
+@pytest.fixture(autouse=True)
+def _reference_lif(monkeypatch):
+    # per test, not at import time: pytest imports every test file before running any test, so an
+    # import-time setting applied to the whole session
+    monkeypatch.setenv("SPIKEDRIVEN_LIF_BACKEND", "torch")
 
 
 def test_missing_numba_gives_clear_import_error(monkeypatch):
@@ -23,8 +28,8 @@ def test_missing_numba_gives_clear_import_error(monkeypatch):
 
 
 numba = pytest.importorskip("numba")
-from spikedriven.engine import compare_with_model, compile_model, expected_sops, scale_thresholds  # noqa: E402
-from spikedriven.engine.validate import model_spikes  # noqa: E402
+from spikedriven.engine import compare_with_model, compile_model, expected_sops, scale_thresholds
+from spikedriven.engine.validate import model_spikes
 
 
 def _calibrated(seed=0, x=None, **kw):

@@ -8,11 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
-os.environ.setdefault("SPIKEDRIVEN_LIF_BACKEND", "torch")
+from spikedriven.config import ConfigWarning
+from spikedriven.train import train
+from spikedriven.training.recipe import CONFIG_DIR, list_configs, resolve_recipe
 
-from spikedriven.config import ConfigWarning  # noqa: E402
-from spikedriven.train import train  # noqa: E402
-from spikedriven.training.recipe import CONFIG_DIR, list_configs, resolve_recipe  # noqa: E402
+
+@pytest.fixture(autouse=True)
+def _reference_lif(monkeypatch):
+    # per test, not at import time: pytest imports every test file before running any test, so an
+    # import-time setting applied to the whole session
+    monkeypatch.setenv("SPIKEDRIVEN_LIF_BACKEND", "torch")
+
 
 # a tiny SDT on 8x8 digits: 2x2 tokens, a few steps per epoch
 TINY = dict(dataset="digits", dim=16, layer=1, num_heads=2, time_steps=2, img_size=8, pooling_stat="0011",
@@ -333,6 +339,39 @@ def test_seeded_augmentation_is_per_sample_and_leaves_global_rngs_alone():
     ds.set_epoch(1)
     assert all(ds[i][0][1:] != first[i][1:] for i in range(4))  # a new epoch, new draws
 
+
+
+def test_deterministic_samples_are_cached_random_ones_never():
+    from spikedriven.training.data import SeededDataset
+
+    reads = []
+
+    class Base:
+        def __len__(self):
+            return 6
+
+        def __getitem__(self, i):
+            reads.append(i)
+            return torch.full((2, 3), float(i)), i % 2
+
+    def noisy(x):
+        return x + torch.rand(())
+
+    det = SeededDataset(Base(), lambda x: x * 2, random_transform=False)
+    first = [det[i] for i in range(6)]
+    assert reads == list(range(6))
+    assert [det[i] for i in (5, 0, 3)] == [first[5], first[0], first[3]] and reads == list(range(6))
+    assert torch.equal(first[4][0], torch.full((2, 3), 8.0)) and first[4][1] == 0
+    small = SeededDataset(Base(), lambda x: x, random_transform=False, cache_bytes=6 * 24 - 1)  # does not fit
+    reads.clear()
+    [small[i] for i in range(6)], [small[i] for i in range(6)]
+    assert reads == list(range(6)) * 2
+    rnd = SeededDataset(Base(), noisy, seed=1)
+    reads.clear()
+    a = [rnd[i][0] for i in range(6)]
+    rnd.set_epoch(1)
+    b = [rnd[i][0] for i in range(6)]
+    assert reads == list(range(6)) * 2 and all(not torch.equal(p, q) for p, q in zip(a, b))
 
 @pytest.mark.parametrize("native", [True, False])
 def test_cpu_bf16_warns_only_where_it_is_emulated(tmp_path, monkeypatch, native):
