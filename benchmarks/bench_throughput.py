@@ -26,6 +26,7 @@ CONFIGS = {
     "cifar_2_256": dict(name="sdt_cifar10_2_256", batch=16, size=32, event=False),
     "cifar_2_512": dict(name="sdt_cifar10_2_512", batch=16, size=32, event=False),
     "gesture_2_256": dict(name="sdt_gesture_2_256_t16", batch=2, size=128, event=True),
+    "fmnist_1_128": dict(name="sdt_fmnist_1_128", batch=64, size=28, event=False),  # the Fashion-MNIST recipe
 }
 PATHS = ("reference", "fast", "fast-bf16")
 
@@ -86,7 +87,7 @@ def run_one(cfg_key: str, path: str, steps: int, threads: int) -> dict:
     if cfg["event"]:
         x = torch.poisson(torch.full((B, model.T, 2, S, S), 0.2))
     else:
-        x = torch.randn(B, 3, S, S)
+        x = torch.randn(B, model.in_channels, S, S)
     y = torch.randint(0, model.num_classes, (B,))
     flops_fwd = count_flops(model, x) / B
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)

@@ -58,14 +58,24 @@ class _ForkedRNG:
 
 
 SUBSET_SEED = 20231120  # max_train_samples / max_eval_samples subsets
+CACHE_BYTES = 1 << 30  # deterministic samples are kept after first use if the whole split fits in this
 
 
 class SeededDataset(Dataset):
-    """Applies ``transform`` to ``base[i]`` with the global RNGs seeded from ``(seed, epoch, i)``."""
+    """Applies ``transform`` to ``base[i]`` with the global RNGs seeded from ``(seed, epoch, i)``.
 
-    def __init__(self, base, transform=None, seed: int = 0, random_transform: bool = True, limit: int | None = None):
+    A deterministic transform (evaluation, ``no_aug`` training) gives the same tensor every epoch, so when the
+    whole split fits in ``cache_bytes`` and loading runs in the main process, each sample is kept after its first
+    transform (Fashion-MNIST: 188 MB, the loader's 8 s per epoch drop to about 1 s).
+    """
+
+    def __init__(self, base, transform=None, seed: int = 0, random_transform: bool = True, limit: int | None = None,
+                 cache_bytes: int = CACHE_BYTES):
         self.base, self.transform, self.seed, self.random = base, transform, int(seed), random_transform
         self.epoch = 0
+        self.cache_bytes = int(cache_bytes)
+        self._cache: list | None = None
+        self._cache_checked = False
         # ``limit``: a fixed pseudo-random subset (same for every run and seed), in dataset order. Not the first N:
         # folder datasets (DVS, ImageFolder) are sorted by class, so the first N would hold only a few classes.
         self.indices = None
@@ -81,6 +91,8 @@ class SeededDataset(Dataset):
         return self.n
 
     def __getitem__(self, i):
+        if self._cache is not None and self._cache[i] is not None:
+            return self._cache[i]
         x, y = self.base[i if self.indices is None else self.indices[i]]
         if self.transform is not None:
             if self.random:
@@ -88,7 +100,15 @@ class SeededDataset(Dataset):
                     x = self.transform(x)
             else:
                 x = self.transform(x)
-        return x, int(y)
+        item = (x, int(y))
+        if not self.random and torch.utils.data.get_worker_info() is None:  # a worker's copy would be thrown away
+            if not self._cache_checked:
+                self._cache_checked = True
+                if isinstance(x, torch.Tensor) and x.numel() * x.element_size() * self.n <= self.cache_bytes:
+                    self._cache = [None] * self.n
+            if self._cache is not None:
+                self._cache[i] = item
+        return item
 
 
 class EpochSampler(Sampler[int]):
