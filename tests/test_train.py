@@ -138,6 +138,12 @@ def test_resume_at_epoch_boundary(tmp_path):
     _assert_same(_weights(full["run_dir"]), _weights(resumed["run_dir"]))
 
 
+@pytest.mark.parametrize("limit", [0, -5])
+def test_time_limit_must_be_positive(tmp_path, limit):
+    with pytest.raises(ValueError, match="time_limit must be a positive number of minutes"):
+        _train(tmp_path, "bad_limit", time_limit=limit)
+
+
 def test_time_limit_stops_mid_epoch_evaluates_and_resumes_exactly(tmp_path):
     """A hard time budget: stop inside the epoch, evaluate, save; resuming without the limit ends where an
     uninterrupted run ends."""
