@@ -122,7 +122,7 @@ class Trainer:
         self.r = r
         if r.get("time_limit") is not None and not float(r["time_limit"]) > 0:  # 0 would stop before step 1
             raise ValueError(f"time_limit must be a positive number of minutes, got {r['time_limit']!r}; "
-                             f"leave it unset for no limit")
+                             f"leave it unset (--set time_limit=null) for no limit")
         self.env = env or init_distributed(r.get("device", "auto"), r.get("dist_backend", "auto"))
         self._print = print_fn
         self.device = self.env.device
