@@ -346,7 +346,6 @@ def test_seeded_augmentation_is_per_sample_and_leaves_global_rngs_alone():
     assert all(ds[i][0][1:] != first[i][1:] for i in range(4))  # a new epoch, new draws
 
 
-
 def test_deterministic_samples_are_cached_random_ones_never():
     from spikedriven.training.data import SeededDataset
 
@@ -378,6 +377,7 @@ def test_deterministic_samples_are_cached_random_ones_never():
     rnd.set_epoch(1)
     b = [rnd[i][0] for i in range(6)]
     assert reads == list(range(6)) * 2 and all(not torch.equal(p, q) for p, q in zip(a, b))
+
 
 @pytest.mark.parametrize("native", [True, False])
 def test_cpu_bf16_warns_only_where_it_is_emulated(tmp_path, monkeypatch, native):

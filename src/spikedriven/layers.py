@@ -34,7 +34,7 @@ def seq(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _nhwc(x: torch.Tensor) -> torch.Tensor:
-    """``[T, B, C, H, W]`` with NHWC storage per frame (a no-op copy when it already is)."""
+    """``[T, B, C, H, W]`` with NHWC storage per frame (returned as is when it already has it)."""
     return x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .layers import ATTN_MODES, SHORTCUTS, MS_Block_Conv, MS_SPS, token_mean
+from .layers import ATTN_MODES, SHORTCUTS, MS_Block_Conv, MS_SPS, _nhwc, token_mean
 from .neuron import make_neuron
 
 __all__ = ["SpikeDrivenTransformer", "create_model", "list_models", "model_info", "ModelInfo", "register_model"]
@@ -161,16 +161,9 @@ class SpikeDrivenTransformer(nn.Module):
         if not x.is_meta and not torch.isfinite(x).all():
             bad = (~torch.isfinite(x)).sum().item()
             raise ValueError(f"input contains {bad} NaN/inf value(s); the network needs finite inputs")
-        if self.channels_last:
-            # Materialise [T,B,C,H,W] with NHWC storage, so every [T*B,C,H,W] view is channels_last for free.
-            if x.ndim == 4:
-                xs = x.permute(0, 2, 3, 1).unsqueeze(0).expand(self.T, -1, -1, -1, -1)
-            else:
-                xs = x.permute(1, 0, 3, 4, 2)
-            return xs.contiguous().permute(0, 1, 4, 2, 3)
-        if x.ndim == 4:
-            return x.unsqueeze(0).expand(self.T, *x.shape)
-        return x.transpose(0, 1)
+        xt = x.unsqueeze(0).expand(self.T, *x.shape) if x.ndim == 4 else x.transpose(0, 1)
+        # channels_last: materialise [T,B,C,H,W] with NHWC storage, so every [T*B,C,H,W] view is NHWC for free
+        return _nhwc(xt) if self.channels_last else xt
 
     # ------------------------------------------------------------------ forward
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
