@@ -210,3 +210,65 @@ def test_no_download_and_unknown():
         create_dataset("mnist")
     with pytest.raises(ValueError, match="pass T"):
         create_dataset("gesture", "/nonexistent")
+
+
+class _RunsCode:
+    """A pickle payload that runs a shell command when unpickled (what a hostile dataset file would hold)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4, 5])
+def test_cifar_pickle_that_runs_code_is_refused(tmp_path, protocol):
+    from spikedriven.data.static import UnsafePickleError
+
+    d = tmp_path / "cifar-10-batches-py"
+    d.mkdir()
+    marker = tmp_path / "pwned"
+    batch = {b"data": np.zeros((1, 3072), np.uint8), b"labels": [0], b"x": _RunsCode(marker)}
+    with open(d / "test_batch", "wb") as f:
+        pickle.dump(batch, f, protocol=protocol)
+    with pytest.raises(UnsafePickleError, match="posix.system|os.system|nt.system"):
+        create_dataset("cifar10", str(tmp_path), "test")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_cifar_real_format_every_protocol(tmp_path, protocol):
+    # protocol 2 writes bytes through _codecs.encode and arrays through numpy's _reconstruct (the release's form)
+    d = tmp_path / "cifar-10-batches-py"
+    d.mkdir()
+    data = np.arange(2 * 3072, dtype=np.int64).astype(np.uint8).reshape(2, 3072)
+    batch = {b"batch_label": b"testing batch 1 of 1", b"labels": [3, 4], b"data": data,
+             b"filenames": [b"a.png", b"b.png"]}
+    with open(d / "test_batch", "wb") as f:
+        pickle.dump(batch, f, protocol=protocol)
+    with open(d / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)], b"num_vis": 3072}, f, protocol=protocol)
+    ds = create_dataset("cifar10", str(tmp_path), "test")
+    assert [ds[i][1] for i in range(2)] == [3, 4] and ds.classes[3] == "c3"
+    assert np.asarray(ds[1][0])[0, 0, 0] == data[1, 0]
+
+
+@pytest.mark.parametrize("bad, msg", [
+    ({b"data": np.zeros((1, 3072), np.float32), b"labels": [0]}, "uint8"),
+    ({b"data": np.zeros((1, 3072), np.uint8), b"labels": [10]}, "0..9"),
+    ({b"data": np.zeros((1, 3072), np.uint8), b"labels": [-1]}, "0..9"),
+    ([1, 2, 3], "is a dict"),
+])
+def test_cifar_malformed_batches(tmp_path, bad, msg):
+    d = tmp_path / "cifar-10-batches-py"
+    d.mkdir()
+    with open(d / "test_batch", "wb") as f:
+        pickle.dump(bad, f)
+    with pytest.raises(DatasetError, match=msg):
+        create_dataset("cifar10", str(tmp_path), "test")
+    (d / "test_batch").write_bytes(b"\x80\x04not a pickle")
+    with pytest.raises(DatasetError, match="cannot read CIFAR batch"):
+        create_dataset("cifar10", str(tmp_path), "test")

@@ -121,13 +121,41 @@ def digits(split: str, transform=None, test_fraction: float = 0.2, seed: int = 0
 
 
 # ---------------------------------------------------------------------------------------------- CIFAR (pickle)
+# The CIFAR "python version" release is a set of pickles of dicts holding bytes, lists of ints/bytes and one uint8
+# numpy array. Plain ``pickle.load`` would run whatever a crafted file asks for (``__reduce__`` -> os.system), so
+# the unpickler resolves exactly the globals that numpy needs to rebuild an array (old and new module paths,
+# protocols 2 to 5) and ``_codecs.encode`` (how protocol 2 writes bytes from Python 3); any other global is refused.
+_CIFAR_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+})
+
+
+class UnsafePickleError(DatasetError):
+    """A data pickle asked for a Python object outside the dataset format's allowlist (nothing was run)."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _CIFAR_GLOBALS:
+            return super().find_class(module, name)
+        raise UnsafePickleError(f"it asks for {module}.{name}, and the CIFAR format holds only dicts, lists, "
+                                f"bytes and numpy arrays (refused; nothing in the file was run)")
+
+
 def _unpickle(path: Path) -> dict:
-    # The CIFAR python release *is* a set of pickles: only open dataset files you trust.
+    """A CIFAR batch file read with the restricted unpickler (no code in the file is ever run)."""
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
-    except Exception as e:  # noqa: BLE001
-        raise DatasetError(f"{path}: cannot unpickle CIFAR batch ({e})") from e
+            obj = _CifarUnpickler(f, encoding="bytes").load()
+    except UnsafePickleError as e:
+        raise UnsafePickleError(f"{path}: not a CIFAR batch: {e}") from None
+    except Exception as e:  # noqa: BLE001 - truncated or not a pickle
+        raise DatasetError(f"{path}: cannot read CIFAR batch ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict):
+        raise DatasetError(f"{path}: a CIFAR batch is a dict, this file holds a {type(obj).__name__}")
+    return obj
 
 
 def cifar(name: str, root: str | None, split: str, transform=None) -> ArrayImageDataset:
@@ -144,22 +172,34 @@ def cifar(name: str, root: str | None, split: str, transform=None) -> ArrayImage
         raise DatasetError(f"{name} {split} files not found under {root_p}. Expected the python release "
                            f"layout {root_p}/{base}/{{{','.join(files)}}} (extract cifar-*-python.tar.gz there); "
                            f"this tool does not download data.")
+    n_cls = 10 if name == "cifar10" else 100
     xs, ys = [], []
     for f in files:
         b = _unpickle(d / f)
         if b"data" not in b or key not in b:
             raise DatasetError(f"{d / f}: missing b'data' or {key!r} entry (keys: {sorted(b)[:6]})")
-        data = np.asarray(b[b"data"], dtype=np.uint8)
-        if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(b[key]):
-            raise DatasetError(f"{d / f}: expected data [N, 3072] with N labels, got {data.shape}, {len(b[key])}")
+        data, labels = b[b"data"], b[key]
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+            got = f"{data.dtype} array" if isinstance(data, np.ndarray) else type(data).__name__
+            raise DatasetError(f"{d / f}: b'data' must be a uint8 array (pixel values 0..255), got {got}")
+        if not isinstance(labels, (list, tuple, np.ndarray)):
+            raise DatasetError(f"{d / f}: {key!r} must be a list of ints, got {type(labels).__name__}")
+        if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
+            raise DatasetError(f"{d / f}: expected data [N, 3072] with N labels, got {data.shape}, {len(labels)}")
+        try:
+            y = np.asarray(labels, dtype=np.int64)
+        except (TypeError, ValueError, OverflowError):
+            raise DatasetError(f"{d / f}: {key!r} must be a list of ints") from None
+        if y.ndim != 1 or (y.size and (y.min() < 0 or y.max() >= n_cls)):
+            raise DatasetError(f"{d / f}: labels must be ints in 0..{n_cls - 1}, got values "
+                               f"{int(y.min())}..{int(y.max())}")
         xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-        ys.append(np.asarray(b[key], dtype=np.int64))
-    n_cls = 10 if name == "cifar10" else 100
+        ys.append(y)
     classes = [str(i) for i in range(n_cls)]
     if (d / meta).is_file():
-        m = _unpickle(d / meta)
-        if meta_key in m:
-            classes = [c.decode() if isinstance(c, bytes) else str(c) for c in m[meta_key]]
+        names = _unpickle(d / meta).get(meta_key)
+        if isinstance(names, list) and len(names) == n_cls:
+            classes = [c.decode() if isinstance(c, bytes) else str(c) for c in names]
     return ArrayImageDataset(np.ascontiguousarray(np.concatenate(xs)), np.concatenate(ys), classes, transform)
 
 
