@@ -33,9 +33,12 @@ def seq(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return y.reshape(T, B, *y.shape[1:])
 
 
-def _nhwc(x: torch.Tensor) -> torch.Tensor:
+def nhwc(x: torch.Tensor) -> torch.Tensor:
     """``[T, B, C, H, W]`` with NHWC storage per frame (returned as is when it already has it)."""
     return x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+
+
+_nhwc = nhwc
 
 
 class _TokenMeanNHWC(torch.autograd.Function):
