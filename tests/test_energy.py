@@ -219,7 +219,7 @@ def test_cli_uniform_rate_and_theory(capsys, tmp_path):
 def test_measured_report_normalises_like_training():
     """--data NAME feeds the model the dataset's own mean/std (as the recipe's eval transform), not 0.5/0.5."""
     from spikedriven.data import dataset_normalisation as _dataset_norm
-    from spikedriven.energy import _to_model_input
+    from spikedriven.data.samples import to_model_input as _to_model_input
 
     assert _dataset_norm("fmnist") == ((0.2860,), (0.3530,)) and _dataset_norm("digits") == ((0.3050,), (0.3800,))
     assert _dataset_norm("imagenet")[0] != 0.5  # ImageNet statistics

@@ -11,11 +11,7 @@ from spikedriven import SpikeDrivenTransformer
 from spikedriven.model import calibrate_bn
 
 
-@pytest.fixture(autouse=True)
-def _reference_lif(monkeypatch):
-    # per test, not at import time: pytest imports every test file before running any test, so an
-    # import-time setting applied to the whole session
-    monkeypatch.setenv("SPIKEDRIVEN_LIF_BACKEND", "torch")
+pytestmark = pytest.mark.usefixtures("reference_lif")  # tests/conftest.py
 
 
 def test_missing_numba_gives_clear_import_error(monkeypatch):
@@ -272,7 +268,7 @@ def test_infer_dataset_by_name_uses_the_runs_recipe(tmp_path):
     from argparse import Namespace
 
     from spikedriven.checkpoint import load_checkpoint
-    from spikedriven.engine.cli import _recipe_dataset, load_model
+    from spikedriven.cli.infer import _recipe_dataset, load_model
     from spikedriven.train import train
     from spikedriven.training.data import build_datasets
     from spikedriven.training.recipe import Recipe
@@ -303,7 +299,7 @@ def test_infer_images_are_normalised_like_training(tmp_path):
 
     from sklearn.datasets import load_digits
 
-    from spikedriven.engine.cli import load_data, normalisation
+    from spikedriven.cli.infer import load_data, normalisation
 
     kw = dict(img_size=8, in_channels=1, num_classes=10, embed_dim=16, depth=1, num_heads=2, T=2,
               pooling_stat="0011")

@@ -213,7 +213,9 @@ def test_backend_flag_dispatches(monkeypatch):
     calls = []
     monkeypatch.setattr(K, "lif_reference", lambda *a, **k: calls.append("torch") or lif_reference(*a, **k))
     if HAS_CPP:
-        monkeypatch.setattr(K._cpp, "lif", lambda *a: calls.append("cpp") or K._cpp.LIFFunction.apply(*a))
+        fused = K.autograd.lif
+        monkeypatch.setattr(K.autograd, "lif", lambda ops, *a: calls.append(ops.__name__.rsplit(".", 1)[-1][1:])
+                            or fused(ops, *a))
     x = torch.randn(3, 10)
     lif_multistep(x, backend="torch")
     lif_multistep(x)
@@ -281,20 +283,20 @@ _INTERPRET_SCRIPT = r"""
 import os
 os.environ["TRITON_INTERPRET"] = "1"
 import torch
-from spikedriven.kernels import _triton as KT, lif_reference, plif_reference
+from spikedriven.kernels import _triton as KT, autograd, lif_reference, plif_reference
 for dt in (torch.float32, torch.bfloat16):
     x = (torch.randint(-4, 13, (5, 2, 1300), generator=torch.Generator().manual_seed(0)).float() / 4).to(dt)
     g = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(dt)
     tol = dict(atol=1e-6, rtol=0.0 if dt == torch.float32 else 2.0 ** -7)
     for tau in (2.0, 3.0):
         x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
-        s1, s2 = KT.lif(x1, 1.0, tau, 4.0), lif_reference(x2, 1.0, tau, 4.0)
+        s1, s2 = autograd.lif(KT, x1, 1.0, tau, 4.0), lif_reference(x2, 1.0, tau, 4.0)
         s1.backward(g); s2.backward(g)
         assert torch.equal(s1, s2), (dt, tau)
         torch.testing.assert_close(x1.grad.float(), x2.grad.float(), **tol)
     w1, w2 = torch.tensor(0.4, requires_grad=True), torch.tensor(0.4, requires_grad=True)
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
-    s1, s2 = KT.plif(x1, w1, 1.0, 4.0), plif_reference(x2, w2, 1.0, 4.0)
+    s1, s2 = autograd.plif(KT, x1, w1, 1.0, 4.0), plif_reference(x2, w2, 1.0, 4.0)
     s1.backward(g); s2.backward(g)
     assert torch.equal(s1, s2)
     torch.testing.assert_close(x1.grad.float(), x2.grad.float(), **tol)

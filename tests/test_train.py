@@ -9,15 +9,12 @@ import pytest
 import torch
 
 from spikedriven.config import ConfigWarning
+from spikedriven.models.factory import spec_from_recipe
 from spikedriven.train import train
 from spikedriven.training.recipe import CONFIG_DIR, list_configs, resolve_recipe
 
 
-@pytest.fixture(autouse=True)
-def _reference_lif(monkeypatch):
-    # per test, not at import time: pytest imports every test file before running any test, so an
-    # import-time setting applied to the whole session
-    monkeypatch.setenv("SPIKEDRIVEN_LIF_BACKEND", "torch")
+pytestmark = pytest.mark.usefixtures("reference_lif")  # tests/conftest.py
 
 
 # a tiny SDT on 8x8 digits: 2x2 tokens, a few steps per epoch
@@ -28,6 +25,11 @@ TINY = dict(dataset="digits", dim=16, layer=1, num_heads=2, time_steps=2, img_si
             save_safetensors=False, threads=1, scale=[0.7, 1.0], ratio=[0.9, 1.1], hflip=0.0, aa=None,
             smoothing=0.1, seed=3)
 
+
+
+def model_kwargs(r):
+    """The constructor arguments of a recipe's model (through the one model factory)."""
+    return spec_from_recipe(r).kwargs
 
 def _train(tmp_path, name, **kw):
     cfg = {**TINY, **kw}
@@ -58,7 +60,7 @@ def test_official_yaml_semantics(tmp_path):
     assert any("'mlp-ratio'" in m for m in msgs) and any("'model-ema'" in m for m in msgs)
     assert any("drop_path" in m for m in msgs) and any("aug_repeats" in m for m in msgs)
     assert r.dataset == "cifar10" and r.model_ema is False  # hyphenated key: no effect, as official
-    kw = r.model_kwargs()
+    kw = model_kwargs(r)
     assert kw["embed_dim"] == 256 and kw["depth"] == 2 and kw["mlp_ratio"] == 4 and kw["tet"] is True
     assert kw["drop_path_rate"] == 0.0 and kw["pooling_stat"] == "0011" and kw["in_channels"] == 3
     # official defaults for omitted keys
@@ -68,7 +70,7 @@ def test_official_yaml_semantics(tmp_path):
 def test_cli_flags_are_real_booleans_and_override():
     import argparse
 
-    from spikedriven.training.recipe import add_recipe_arguments, recipe_overrides_from_args
+    from spikedriven.cli.train import add_recipe_arguments, recipe_overrides_from_args
 
     p = argparse.ArgumentParser()
     add_recipe_arguments(p)
@@ -78,7 +80,7 @@ def test_cli_flags_are_real_booleans_and_override():
                   "lr": 1e-3}
     assert recipe_overrides_from_args(p.parse_args(["--TET"]))["TET"] is True
     r = resolve_recipe("cifar10_2_512_tet", ov, warn=False)
-    assert r.TET is False and r.model_kwargs()["tet"] is False and r.batch_size == 8
+    assert r.TET is False and model_kwargs(r)["tet"] is False and r.batch_size == 8
     with pytest.raises(KeyError):
         resolve_recipe(None, {"no_such_key": 1})
 
@@ -91,7 +93,7 @@ def test_our_configs_match_the_registry():
         info = model_info(n)
         assert info.recipe in names, f"{n}: recipe {info.recipe} missing from {CONFIG_DIR}"
         r = resolve_recipe(info.recipe, warn=False)
-        kw = r.model_kwargs()
+        kw = model_kwargs(r)
         for k, v in info.kwargs.items():
             assert kw[k] == v, f"{info.recipe}: {k} = {kw[k]} but registry {n} has {v}"
     assert {"digits", "fashion_mnist"} <= names
@@ -104,7 +106,7 @@ def test_default_recipe_is_digits_main_job():
 
     args = build_parser().parse_args(["train"])
     assert args.config is None
-    from spikedriven.train import DEFAULT_CONFIG, _recipe_for
+    from spikedriven.training.api import DEFAULT_CONFIG, _recipe_for
 
     r = _recipe_for(args.config, {})
     assert DEFAULT_CONFIG == "digits" and r.dataset == "digits" and r.progress
@@ -228,7 +230,7 @@ def test_run_folder_and_eval_cli(tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConfigWarning)
         r2 = resolve_recipe(d / "config.yaml")
-    assert r2.model_kwargs() == res["trainer"].model_kwargs
+    assert model_kwargs(r2) == res["trainer"].model_kwargs
     # eval of our checkpoint (no --model needed) reproduces the final test metrics
     assert main(["eval", "--checkpoint", str(d / "last.pt"), "--no-progress", "--max-samples", "64"]) == 0
     out = capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""Multi-step spiking neurons used by the Spike-driven Transformer.
+"""Multi-step spiking neurons: a base class that declares its backends, LIF and parametric LIF.
 
 All neurons take a time-major tensor ``[T, ...]`` and return spikes of the same shape and dtype.
 They are *stateless* from the caller's side: the membrane starts at ``v_reset = 0`` inside every call,
@@ -11,178 +11,37 @@ LIF dynamics (official SDT / SpikingJelly ``MultiStepLIFNode(tau=2., detach_rese
     V[t] = H[t] * (1 - S[t])                      # hard reset to 0, S detached
 
 The backward pass replaces dS/dH with a surrogate derivative (default: sigmoid, alpha = 4).
+
+Backends (see :mod:`spikedriven.kernels`): every neuron has a ``backend`` attribute, ``"auto"`` by default, and
+declares ``supported_backends``; :func:`set_backend` switches a whole model, :func:`neurons` lists its neurons.
 """
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 from torch import nn
 
+from . import kernels
+from .kernels.reference import lif_reference, plif_reference
+from .surrogate import ATan, Sigmoid, Surrogate, Triangle, spike_fn
+
 __all__ = [
-    "Surrogate",
-    "Sigmoid",
-    "ATan",
-    "Triangle",
-    "spike_fn",
-    "lif_multistep_reference",
-    "plif_multistep_reference",
-    "LIF",
-    "ParametricLIF",
-    "make_neuron",
+    "Surrogate", "Sigmoid", "ATan", "Triangle", "spike_fn", "lif_multistep_reference", "plif_multistep_reference",
+    "SpikingNeuron", "LIF", "ParametricLIF", "make_neuron", "set_backend", "neurons",
 ]
 
 
-# --------------------------------------------------------------------------------------------------
-# Surrogate functions: small swappable objects (forward = Heaviside, backward = derivative())
-# --------------------------------------------------------------------------------------------------
-class Surrogate:
-    """Base class. Subclasses define ``derivative(x)`` of a smooth stand-in for Heaviside(x)."""
-
-    name = "surrogate"
-
-    def __init__(self, alpha: float):
-        if not alpha > 0:
-            raise ValueError(f"surrogate alpha must be > 0, got {alpha}")
-        self.alpha = float(alpha)
-
-    def derivative(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return spike_fn(x, self)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(alpha={self.alpha:g})"
-
-    def __eq__(self, other) -> bool:
-        return type(self) is type(other) and self.alpha == other.alpha
-
-    def __hash__(self) -> int:
-        return hash((type(self).__name__, self.alpha))
+def lif_multistep_reference(x: torch.Tensor, v_threshold: float = 1.0, tau: float = 2.0,
+                            surrogate: Surrogate | None = None, detach_reset: bool = True, return_v: bool = False):
+    """The reference multi-step LIF (:func:`spikedriven.kernels.reference.lif_reference`) with any surrogate."""
+    return lif_reference(x, v_threshold, tau, return_v=return_v, surrogate=surrogate, detach_reset=detach_reset)
 
 
-class Sigmoid(Surrogate):
-    """sigma(alpha x) as the smooth step; derivative alpha*s*(1-s), peak alpha/4 at 0 (SpikingJelly default)."""
-
-    name = "sigmoid"
-
-    def __init__(self, alpha: float = 4.0):
-        super().__init__(alpha)
-
-    def derivative(self, x):
-        s = torch.sigmoid(self.alpha * x)
-        return self.alpha * s * (1 - s)
-
-
-class ATan(Surrogate):
-    """(1/pi) arctan(pi/2 alpha x) + 1/2; derivative alpha / (2 (1 + (pi/2 alpha x)^2))."""
-
-    name = "atan"
-
-    def __init__(self, alpha: float = 2.0):
-        super().__init__(alpha)
-
-    def derivative(self, x):
-        return self.alpha / 2 / (1 + (math.pi / 2 * self.alpha * x) ** 2)
-
-
-class Triangle(Surrogate):
-    """Piecewise-linear: derivative max(0, alpha - alpha^2 |x|), support |x| < 1/alpha."""
-
-    name = "triangle"
-
-    def __init__(self, alpha: float = 1.0):
-        super().__init__(alpha)
-
-    def derivative(self, x):
-        return (self.alpha - self.alpha**2 * x.abs()).clamp_min(0)
-
-
-class _SpikeFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, surrogate):
-        ctx.save_for_backward(x)
-        ctx.surrogate = surrogate
-        return (x >= 0).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * ctx.surrogate.derivative(x), None
-
-
-def spike_fn(x: torch.Tensor, surrogate: Surrogate) -> torch.Tensor:
-    """Heaviside (x >= 0) forward, ``surrogate.derivative`` backward."""
-    return _SpikeFn.apply(x, surrogate)
-
-
-# --------------------------------------------------------------------------------------------------
-# Reference (plain autograd) multi-step dynamics: readable, any surrogate, the ground truth for kernels
-# --------------------------------------------------------------------------------------------------
-def lif_multistep_reference(
-    x: torch.Tensor,
-    v_threshold: float = 1.0,
-    tau: float = 2.0,
-    surrogate: Surrogate | None = None,
-    detach_reset: bool = True,
-    return_v: bool = False,
-):
-    """Multi-step LIF by a Python loop over T. Returns spikes (and post-reset V if ``return_v``)."""
-    surrogate = surrogate or Sigmoid()
-    xs = x.float()  # neuron state in fp32 even under bf16/fp16 autocast
-    v = torch.zeros_like(xs[0])
-    spikes, vs = [], []
-    for t in range(xs.shape[0]):
-        h = v + (xs[t] - v) / tau
-        s = spike_fn(h - v_threshold, surrogate)
-        s_reset = s.detach() if detach_reset else s
-        v = h * (1 - s_reset)
-        spikes.append(s)
-        vs.append(v)
-    out = torch.stack(spikes).to(x.dtype)
-    return (out, torch.stack(vs)) if return_v else out
-
-
-def plif_multistep_reference(
-    x: torch.Tensor,
-    w: torch.Tensor,
-    v_threshold: float = 1.0,
-    surrogate: Surrogate | None = None,
-    detach_reset: bool = True,
-):
-    """Parametric LIF (Fang et al. 2021): 1/tau = sigmoid(w), w learnable."""
-    surrogate = surrogate or Sigmoid()
-    k = torch.sigmoid(w.float())
-    xs = x.float()
-    v = torch.zeros_like(xs[0])
-    spikes = []
-    for t in range(xs.shape[0]):
-        h = v + (xs[t] - v) * k
-        s = spike_fn(h - v_threshold, surrogate)
-        v = h * (1 - (s.detach() if detach_reset else s))
-        spikes.append(s)
-    return torch.stack(spikes).to(x.dtype)
-
-
-# --------------------------------------------------------------------------------------------------
-# Modules
-# --------------------------------------------------------------------------------------------------
-_VALID_BACKENDS = ("auto", "torch", "cpp", "triton")
-
-
-def _default_backend() -> str:
-    return os.environ.get("SPIKEDRIVEN_LIF_BACKEND", "auto")
-
-
-def _kernels():
-    """The fused-kernel package, or None if it is not importable (then the reference loop is used)."""
-    try:
-        from . import kernels
-    except ImportError:  # pragma: no cover - only in stripped-down installs
-        return None
-    return kernels
+def plif_multistep_reference(x: torch.Tensor, w: torch.Tensor, v_threshold: float = 1.0,
+                             surrogate: Surrogate | None = None, detach_reset: bool = True):
+    """The reference multi-step parametric LIF (1/tau = sigmoid(w))."""
+    return plif_reference(x, w, v_threshold, surrogate=surrogate, detach_reset=detach_reset)
 
 
 def _storage_order_call(fn, x: torch.Tensor) -> torch.Tensor:
@@ -202,70 +61,75 @@ def _storage_order_call(fn, x: torch.Tensor) -> torch.Tensor:
     return fn(xp).permute(inv)
 
 
-class LIF(nn.Module):
-    """Multi-step LIF neuron on ``[T, ...]`` tensors; no parameters, no buffers, no state between calls.
+class SpikingNeuron(nn.Module):
+    """Base of every spiking neuron: threshold, surrogate, detached reset and a ``backend``.
 
-    backend: "auto" (fused kernel when the surrogate is the default sigmoid and one is available for the
-    device), "torch" (reference loop, any surrogate), "cpp" or "triton" (force a fused kernel).
+    ``backend`` is "auto" (the fused kernel for the tensor's device when this neuron is fusable, else the
+    reference; ``$SPIKEDRIVEN_LIF_BACKEND`` overrides "auto"), "torch" (reference loop), "cpp" or "triton".
+    ``supported_backends`` says which of them can run this neuron; asking for another one raises.
     """
 
-    def __init__(
-        self,
-        v_threshold: float = 1.0,
-        tau: float = 2.0,
-        surrogate: Surrogate | None = None,
-        detach_reset: bool = True,
-        backend: str | None = None,
-    ):
+    def __init__(self, v_threshold: float = 1.0, surrogate: Surrogate | None = None, detach_reset: bool = True,
+                 backend: str | None = None):
         super().__init__()
-        if not tau > 1.0:
-            raise ValueError(f"LIF tau must be > 1 (the membrane decays by 1/tau per step), got {tau}")
-        backend = backend or _default_backend()
-        if backend not in _VALID_BACKENDS:
-            raise ValueError(f"LIF backend must be one of {_VALID_BACKENDS}, got {backend!r}")
         self.v_threshold = float(v_threshold)
-        self.tau = float(tau)
         self.surrogate = surrogate or Sigmoid()
-        self.detach_reset = detach_reset
-        self.backend = backend
+        self.detach_reset = bool(detach_reset)
+        self.backend = "auto"
+        self.set_backend(backend or "auto")
 
-    def _fusable(self) -> bool:
-        return self.detach_reset and type(self.surrogate) is Sigmoid
+    @property
+    def supported_backends(self) -> tuple[str, ...]:
+        """Backends that implement this neuron's configuration (fused kernels: the official sigmoid + detach)."""
+        if kernels.fusable(self.surrogate, self.detach_reset):
+            return ("auto", "torch", "cpp", "triton")
+        return ("auto", "torch")
+
+    def set_backend(self, backend: str) -> "SpikingNeuron":
+        if backend not in kernels.BACKENDS:
+            raise ValueError(f"neuron backend must be one of {kernels.BACKENDS}, got {backend!r}")
+        if backend not in self.supported_backends:
+            raise ValueError(f"{type(self).__name__} with surrogate={self.surrogate!r}, detach_reset="
+                             f"{self.detach_reset} supports backends {self.supported_backends}, not {backend!r}")
+        self.backend = backend
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kernels = _kernels() if self.backend != "torch" and self._fusable() else None
-        if kernels is not None:
-            return _storage_order_call(lambda t: kernels.lif_multistep(
-                t, v_threshold=self.v_threshold, tau=self.tau, alpha=self.surrogate.alpha, backend=self.backend), x)
-        if self.backend in ("cpp", "triton"):
-            raise ValueError(
-                f"LIF backend {self.backend!r} only supports the sigmoid surrogate with detach_reset=True; "
-                f"got surrogate={self.surrogate!r}, detach_reset={self.detach_reset}. Use backend='torch'."
-            )
-        return lif_multistep_reference(x, self.v_threshold, self.tau, self.surrogate, self.detach_reset)
+        return _storage_order_call(self._multistep, x)
+
+    def _multistep(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
 
     def extra_repr(self) -> str:
-        return f"v_threshold={self.v_threshold:g}, tau={self.tau:g}, surrogate={self.surrogate!r}, backend={self.backend}"
+        return f"v_threshold={self.v_threshold:g}, surrogate={self.surrogate!r}, backend={self.backend}"
 
 
-class ParametricLIF(nn.Module):
+class LIF(SpikingNeuron):
+    """Multi-step LIF neuron on ``[T, ...]`` tensors; no parameters, no buffers, no state between calls."""
+
+    def __init__(self, v_threshold: float = 1.0, tau: float = 2.0, surrogate: Surrogate | None = None,
+                 detach_reset: bool = True, backend: str | None = None):
+        if not tau > 1.0:
+            raise ValueError(f"LIF tau must be > 1 (the membrane decays by 1/tau per step), got {tau}")
+        self.tau = float(tau)
+        super().__init__(v_threshold, surrogate, detach_reset, backend)
+
+    def _multistep(self, x):
+        return kernels.lif_multistep(x, self.v_threshold, self.tau, self.surrogate.alpha, self.backend,
+                                     surrogate=self.surrogate, detach_reset=self.detach_reset)
+
+    def extra_repr(self) -> str:
+        return f"tau={self.tau:g}, " + super().extra_repr()
+
+
+class ParametricLIF(SpikingNeuron):
     """Multi-step parametric LIF: learnable scalar ``w`` with 1/tau = sigmoid(w) (state_dict key ``<name>.w``)."""
 
-    def __init__(
-        self,
-        v_threshold: float = 1.0,
-        init_tau: float = 2.0,
-        surrogate: Surrogate | None = None,
-        detach_reset: bool = True,
-        backend: str | None = None,
-    ):
-        super().__init__()
+    def __init__(self, v_threshold: float = 1.0, init_tau: float = 2.0, surrogate: Surrogate | None = None,
+                 detach_reset: bool = True, backend: str | None = None):
         if not init_tau > 1.0:
             raise ValueError(f"ParametricLIF init_tau must be > 1, got {init_tau}")
-        self.v_threshold = float(v_threshold)
-        self.surrogate = surrogate or Sigmoid()
-        self.detach_reset = detach_reset
-        self.backend = backend or _default_backend()
+        super().__init__(v_threshold, surrogate, detach_reset, backend)
         # sigmoid(w) = 1/init_tau  <=>  w = -ln(init_tau - 1)
         self.w = nn.Parameter(torch.tensor(-math.log(init_tau - 1.0)))
 
@@ -273,22 +137,32 @@ class ParametricLIF(nn.Module):
     def tau(self) -> float:
         return float(1.0 / torch.sigmoid(self.w.detach()))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fusable = self.backend != "torch" and self.detach_reset and type(self.surrogate) is Sigmoid
-        kernels = _kernels() if fusable else None
-        if kernels is not None:
-            return _storage_order_call(lambda t: kernels.plif_multistep(
-                t, self.w, v_threshold=self.v_threshold, alpha=self.surrogate.alpha, backend=self.backend), x)
-        return plif_multistep_reference(x, self.w, self.v_threshold, self.surrogate, self.detach_reset)
+    def _multistep(self, x):
+        return kernels.plif_multistep(x, self.w, self.v_threshold, self.surrogate.alpha, self.backend,
+                                      surrogate=self.surrogate, detach_reset=self.detach_reset)
 
     def extra_repr(self) -> str:
-        return f"v_threshold={self.v_threshold:g}, tau={self.tau:.4g}, surrogate={self.surrogate!r}"
+        return f"tau={self.tau:.4g}, " + super().extra_repr()
 
 
-def make_neuron(spike_mode: str = "lif", v_threshold: float = 1.0, backend: str | None = None) -> nn.Module:
-    """Neuron factory used by the model: ``spike_mode`` "lif" (official default) or "plif"."""
+def make_neuron(spike_mode: str = "lif", v_threshold: float = 1.0, backend: str | None = None) -> SpikingNeuron:
+    """Neuron factory used by the models: ``spike_mode`` "lif" (official default) or "plif"."""
     if spike_mode == "lif":
         return LIF(v_threshold=v_threshold, tau=2.0, backend=backend)
     if spike_mode == "plif":
         return ParametricLIF(v_threshold=v_threshold, init_tau=2.0, backend=backend)
     raise ValueError(f"spike_mode must be 'lif' or 'plif', got {spike_mode!r}")
+
+
+def neurons(model: nn.Module) -> list[tuple[str, SpikingNeuron]]:
+    """``(name, module)`` of every spiking neuron in ``model``, in module order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, SpikingNeuron)]
+
+
+def set_backend(model: nn.Module, backend: str) -> nn.Module:
+    """Switch every neuron of ``model`` to ``backend`` (checked against each neuron's ``supported_backends``)."""
+    if backend not in kernels.BACKENDS:
+        raise ValueError(f"neuron backend must be one of {kernels.BACKENDS}, got {backend!r}")
+    for _, m in neurons(model):
+        m.set_backend(backend)
+    return model

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .layers import SpikeMask, SpikeMatmul, TokenSum
-from .model import bn_is_calibrated, calibrate_bn
-from .neuron import LIF, ParametricLIF
+from .layers.ops import SpikeMask, SpikeMatmul, TokenSum
+from .neuron import SpikingNeuron
+from .probe import bn_is_calibrated, calibrate_bn, run_observed
 
-__all__ = ["LayerCheck", "SpikeDrivenReport", "verify_spike_driven", "is_binary", "add_cli"]
+__all__ = ["LayerCheck", "SpikeDrivenReport", "verify_spike_driven", "is_binary", "default_input"]
 
 
 def is_binary(t: torch.Tensor) -> bool:
@@ -79,7 +79,7 @@ class SpikeDrivenReport:
     __str__ = summary
 
 
-def _default_input(model: nn.Module, batch: int, generator: torch.Generator) -> torch.Tensor:
+def default_input(model: nn.Module, batch: int, generator: torch.Generator) -> torch.Tensor:
     size = getattr(model, "img_size", 32)
     cin = getattr(model, "in_channels", 3)
     if cin == 2:  # DVS polarity frames: non-negative event counts, one frame per time step
@@ -97,14 +97,13 @@ def verify_spike_driven(model: nn.Module, x: torch.Tensor | None = None, batch: 
     """
     gen = torch.Generator().manual_seed(seed)
     if x is None:
-        x = _default_input(model, batch, gen)
+        x = default_input(model, batch, gen)
     calibrated_here = False
     if calibrate and not bn_is_calibrated(model):
         # Untrained: with initial BN stats almost nothing fires in eval mode and the check would be vacuous.
         model = calibrate_bn(copy.deepcopy(model), [x])
         calibrated_here = True
     checks: list[LayerCheck] = []
-    handles = []
     state = {"first_synaptic_seen": False}
 
     def syn_hook(name, kind):
@@ -139,57 +138,18 @@ def verify_spike_driven(model: nn.Module, x: torch.Tensor | None = None, batch: 
                                      [] if b else _offending(out), "" if b else "neuron emitted non-binary values"))
         return hook
 
+    pre, post = [], []
     for name, mod in model.named_modules():
         if isinstance(mod, (nn.Conv2d, nn.Conv1d, nn.Linear)):
-            kind = "linear" if isinstance(mod, nn.Linear) else "conv"
-            handles.append(mod.register_forward_pre_hook(syn_hook(name, kind)))
+            pre.append((mod, syn_hook(name, "linear" if isinstance(mod, nn.Linear) else "conv")))
         elif isinstance(mod, SpikeMask):
-            handles.append(mod.register_forward_pre_hook(prim_hook(name, "mask")))
+            pre.append((mod, prim_hook(name, "mask")))
         elif isinstance(mod, TokenSum):
-            handles.append(mod.register_forward_pre_hook(prim_hook(name, "token_sum")))
+            pre.append((mod, prim_hook(name, "token_sum")))
         elif isinstance(mod, SpikeMatmul):
-            handles.append(mod.register_forward_pre_hook(prim_hook(name, "matmul")))
-        elif check_neurons and isinstance(mod, (LIF, ParametricLIF)):
-            handles.append(mod.register_forward_hook(neuron_hook(name)))
-    was_training = model.training
-    model.eval()
-    try:
-        model(x)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+            pre.append((mod, prim_hook(name, "matmul")))
+        elif check_neurons and isinstance(mod, SpikingNeuron):
+            post.append((mod, neuron_hook(name)))
+    run_observed(model, [x], pre=pre, post=post)
     return SpikeDrivenReport(checks, getattr(model, "attn_mode", "?"), getattr(model, "shortcut", "?"),
                              calibrated_here)
-
-
-# ------------------------------------------------------------------ CLI
-def add_cli(subparsers) -> None:
-    p = subparsers.add_parser("verify", help="prove the spike-driven property of a model on an input",
-                              description="Run a model and check that every conv/linear input except the encoding "
-                                          "layer is binary and SDSA uses only masks and additions. Exit code 1 if not.")
-    p.add_argument("--model", help="registered model name (see `spikedriven models`; default: the checkpoint's "
-                   "model, else sdt_cifar10_2_256)")
-    p.add_argument("--config", help="build from a YAML config (official conf/**/*.yml or ours) instead of --model")
-    p.add_argument("--checkpoint", help="weights to load (.pth.tar, .pth, .safetensors)")
-    p.add_argument("--attn-mode", choices=["sdsa", "sdsa_v1", "ssa", "softmax"])
-    p.add_argument("--shortcut", choices=["ms", "sew", "none"])
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true", help="print only the verdict and the violations")
-    p.set_defaults(func=_cli)
-
-
-def _cli(args) -> int:
-    from .cli import build_model_from_args
-
-    overrides = {k: v for k, v in (("attn_mode", args.attn_mode), ("shortcut", args.shortcut)) if v}
-    model = build_model_from_args(args, **overrides)
-    rep = verify_spike_driven(model, batch=args.batch, seed=args.seed)
-    if args.quiet:
-        print("\n".join(rep.summary().splitlines()[: 2 if rep.bn_calibrated_on_input else 1]))
-        for c in rep.violations:
-            print(f"  VIOLATION {c.kind} {c.name}: offending values {c.offending} ({c.note})")
-    else:
-        print(rep.summary())
-    return 0 if rep.ok else 1

@@ -4,13 +4,16 @@ All functions write a PNG with matplotlib's non-interactive Agg backend and retu
 """
 from __future__ import annotations
 
-import copy
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["plot_firing_rates", "plot_spike_raster", "capture_attention", "plot_attention_maps", "add_cli"]
+from .layers.attention import SpikeDrivenSelfAttention
+from .neuron import neurons as neuron_layers
+from .probe import run_observed
+
+__all__ = ["plot_firing_rates", "plot_spike_raster", "capture_attention", "plot_attention_maps"]
 
 
 def _plt():
@@ -58,12 +61,6 @@ def plot_firing_rates(report, path, title: str | None = None):
     return path
 
 
-def _neuron_modules(model: nn.Module) -> dict[str, nn.Module]:
-    from .neuron import LIF, ParametricLIF
-
-    return {n: m for n, m in model.named_modules() if isinstance(m, (LIF, ParametricLIF))}
-
-
 @torch.no_grad()
 def plot_spike_raster(model: nn.Module, x: torch.Tensor, layer_name: str, path, n_neurons: int = 64,
                       sample: int = 0, neurons: list[int] | None = None, seed: int = 0):
@@ -74,18 +71,11 @@ def plot_spike_raster(model: nn.Module, x: torch.Tensor, layer_name: str, path, 
     with silent ones when too few fired).
     """
     plt = _plt()
-    mods = _neuron_modules(model)
+    mods = dict(neuron_layers(model))
     if layer_name not in mods:
         raise KeyError(f"{layer_name!r} is not a neuron module; choose one of: {', '.join(mods)}")
     cap = {}
-    h = mods[layer_name].register_forward_hook(lambda m, a, o: cap.__setitem__("s", o.detach()))
-    was = model.training
-    model.eval()
-    try:
-        model(x)
-    finally:
-        h.remove()
-        model.train(was)
+    run_observed(model, [x], post=[(mods[layer_name], lambda m, a, o: cap.__setitem__("s", o.detach()))])
     if "s" not in cap:
         raise RuntimeError(f"neuron {layer_name!r} did not run in this forward pass")
     s = cap["s"]  # [T, B, ...]
@@ -125,8 +115,8 @@ def capture_attention(model: nn.Module, image: torch.Tensor, block: int = 0) -> 
     (Q spikes), ``q_masked`` [T, N, D] (the mask_q output Q⊙mask) and ``grid`` (H', W') of the token map.
     """
     attn = model.block[block].attn
-    if getattr(attn, "attn_mode", "sdsa") != "sdsa":
-        raise ValueError(f"attention maps need attn_mode='sdsa', got {attn.attn_mode!r}")
+    if not isinstance(attn, SpikeDrivenSelfAttention):
+        raise ValueError(f"attention maps need the SDSA attention (attn_mode='sdsa'), got {type(attn).__name__}")
     cap = {}
 
     def on_mask(m, a, o):
@@ -138,16 +128,7 @@ def capture_attention(model: nn.Module, image: torch.Tensor, block: int = 0) -> 
     def on_attn(m, a):
         cap["shape"] = a[0].shape
 
-    hs = [attn.talking_heads_lif.register_forward_hook(on_mask), attn.mask_q.register_forward_hook(on_mask_q),
-          attn.register_forward_pre_hook(on_attn)]
-    was = model.training
-    model.eval()
-    try:
-        model(image)
-    finally:
-        for h in hs:
-            h.remove()
-        model.train(was)
+    run_observed(model, [image], pre=[(attn, on_attn)], post=[(attn.mask_lif, on_mask), (attn.mask_q, on_mask_q)])
     T, _, D, Hp, Wp = cap["shape"]
 
     def tokens(t):  # [T,B,h,N,d] -> [T, N, D] (sample 0)
@@ -216,66 +197,3 @@ def plot_attention_maps(model: nn.Module, image: torch.Tensor, path, block: int 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-# ------------------------------------------------------------------ CLI
-def add_cli(subparsers) -> None:
-    p = subparsers.add_parser("viz", help="pictures: firing-rate bars, spike raster, SDSA attention maps",
-                              description="Write PNGs for a model on an input (random, a digits sample, or an "
-                                          "image file).")
-    p.add_argument("what", choices=["rates", "raster", "attention"])
-    p.add_argument("--model", help="registered model name (default: the checkpoint's model, else sdt_cifar10_2_256)")
-    p.add_argument("--config")
-    p.add_argument("--checkpoint")
-    p.add_argument("--ema", action="store_true")
-    p.add_argument("--image", help="image file (PNG/JPG) for raster/attention; default: a digits sample")
-    p.add_argument("--data", default="digits", help="random | digits (when no --image)")
-    p.add_argument("--index", type=int, default=0, help="sample index in --data digits")
-    p.add_argument("--layer", default="block.0.attn.q_lif", help="neuron module for the raster")
-    p.add_argument("--n-neurons", type=int, default=64)
-    p.add_argument("--block", type=int, default=0)
-    p.add_argument("--no-calibrate", action="store_true")
-    p.add_argument("--out", required=True, help="output PNG")
-    p.set_defaults(func=_cli)
-
-
-def _load_input(args, model) -> torch.Tensor:
-    from .energy import _digits_batches, _random_batches, _to_model_input
-
-    size = model.img_size
-    if args.image:
-        from PIL import Image
-        import numpy as np
-
-        im = np.asarray(Image.open(args.image).convert("RGB"), dtype="float32") / 255.0
-        return _to_model_input(torch.from_numpy(im).permute(2, 0, 1).unsqueeze(0), model, size)
-    if args.data == "digits" and model.in_channels != 2:
-        batch = next(_digits_batches(model, 1, args.index + 1, size))
-        return batch[args.index:args.index + 1]
-    return next(_random_batches(model, 1, 1, size, 0))
-
-
-def _cli(args) -> int:
-    from .cli import build_model_from_args
-    from .model import bn_is_calibrated, calibrate_bn
-
-    model = build_model_from_args(args)
-    x = _load_input(args, model)
-    if not args.no_calibrate and not bn_is_calibrated(model):
-        calib = [x]
-        if model.in_channels != 2:
-            from .energy import _random_batches
-
-            calib = [torch.cat([x, next(_random_batches(model, 1, 7, model.img_size, 1))])]
-        calibrate_bn(model, calib)
-        print("untrained model: BatchNorm statistics calibrated so that neurons fire")
-    if args.what == "rates":
-        from .energy import profile_model
-
-        plot_firing_rates(profile_model(model, [x]), args.out)
-    elif args.what == "raster":
-        plot_spike_raster(model, x, args.layer, args.out, n_neurons=args.n_neurons)
-    else:
-        plot_attention_maps(model, x, args.out, block=args.block)
-    print(f"wrote {args.out}")
-    return 0

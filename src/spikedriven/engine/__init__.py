@@ -13,7 +13,7 @@ See docs/engine.md.
 from __future__ import annotations
 
 __all__ = ["compile_model", "EventEngine", "EngineResult", "LayerCount", "scale_thresholds", "expected_sops",
-           "compare_with_model", "add_cli", "numba_available"]
+           "compare_with_model", "numba_available"]
 
 
 def numba_available() -> bool:
@@ -61,6 +61,3 @@ def __getattr__(name):  # lazy, so that `import spikedriven.engine` works (and t
 
         return getattr(validate, name)
     raise AttributeError(f"module 'spikedriven.engine' has no attribute {name!r}")
-
-
-from .cli import add_cli  # noqa: E402  (the `spikedriven infer` subcommand)

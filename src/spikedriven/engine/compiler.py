@@ -13,6 +13,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..inference import fold_bn
+from ..layers.attention import Attention, SpikeDrivenSelfAttention
+from ..neuron import LIF, ParametricLIF, neurons
+
 __all__ = ["Neuron", "Conv3x3", "Linear", "BlockPlan", "Plan", "compile_plan", "scale_thresholds"]
 
 
@@ -78,14 +82,10 @@ def _f32(t: torch.Tensor) -> np.ndarray:
 
 
 def _neuron(name: str, m: nn.Module) -> Neuron:
-    from ..neuron import LIF, ParametricLIF
-
     if isinstance(m, ParametricLIF):
         k = torch.sigmoid(m.w.detach().float())
         return Neuron(name, np.float32(m.v_threshold), np.float32(k.item()), np.float32(1.0), False)
     if isinstance(m, LIF):
-        if not m.detach_reset:  # forward is the same either way; kept for clarity
-            pass
         tau = float(m.tau)
         if tau == 2.0:  # (X - V) / 2 == (X - V) * 0.5 exactly in binary floating point
             return Neuron(name, np.float32(m.v_threshold), np.float32(0.5), np.float32(2.0), False)
@@ -121,26 +121,24 @@ def scale_thresholds(model: nn.Module, scale: float, include_mask: bool = True) 
 
     ``include_mask=False`` keeps the SDSA mask neurons (talking_heads_lif, v_th 0.5) unchanged.
     """
-    from ..neuron import LIF, ParametricLIF
-
     m = copy.deepcopy(model)
-    for name, mod in m.named_modules():
-        if isinstance(mod, (LIF, ParametricLIF)):
-            if not include_mask and name.endswith(("talking_heads_lif", "attn_lif")):
-                continue
-            mod.v_threshold = float(mod.v_threshold) * float(scale)
+    for name, mod in neurons(m):
+        if not include_mask and name.endswith(("talking_heads_lif", "attn_lif")):
+            continue
+        mod.v_threshold = float(mod.v_threshold) * float(scale)
     return m
 
 
 @torch.no_grad()
 def compile_plan(model: nn.Module) -> Plan:
     """Fold BN, check the configuration, and extract weights/neurons in the engine's layouts."""
-    from ..inference import fold_bn
-
-    for attr, want in (("attn_mode", "sdsa"), ("shortcut", "ms")):
-        if getattr(model, attr, want) != want:
-            raise NotImplementedError(f"the event-driven engine runs the paper's model only ({attr}={want!r}); "
-                                      f"got {attr}={getattr(model, attr)!r}")
+    if getattr(model, "shortcut", "ms") != "ms":
+        raise NotImplementedError(f"the event-driven engine runs spike-driven models only (shortcut='ms'); got "
+                                  f"shortcut={model.shortcut!r}")
+    for name, m in model.named_modules():
+        if isinstance(m, Attention) and not isinstance(m, SpikeDrivenSelfAttention):
+            raise NotImplementedError(f"the event-driven engine runs the SDSA attention; {name} is {type(m).__name__} "
+                                      f"({m.name}: {m.operator_ops})")
     if not getattr(model, "bn_folded", False):
         model = fold_bn(model)  # eval-mode copy
     pe = model.patch_embed
@@ -160,7 +158,7 @@ def compile_plan(model: nn.Module) -> Plan:
             qkv=_lin(f"{p}.attn.qkv_conv", a.q_conv, a.k_conv, a.v_conv),
             q_lif=_neuron(f"{p}.attn.q_lif", a.q_lif), k_lif=_neuron(f"{p}.attn.k_lif", a.k_lif),
             v_lif=_neuron(f"{p}.attn.v_lif", a.v_lif),
-            mask_lif=_neuron(f"{p}.attn.talking_heads_lif", a.talking_heads_lif),
+            mask_lif=_neuron(f"{p}.attn.talking_heads_lif", a.mask_lif),
             proj=_lin(f"{p}.attn.proj_conv", a.proj_conv),
             fc1_lif=_neuron(f"{p}.mlp.fc1_lif", m.fc1_lif), fc1=_lin(f"{p}.mlp.fc1_conv", m.fc1_conv),
             fc2_lif=_neuron(f"{p}.mlp.fc2_lif", m.fc2_lif), fc2=_lin(f"{p}.mlp.fc2_conv", m.fc2_conv),

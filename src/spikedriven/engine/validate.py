@@ -7,6 +7,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..neuron import neurons
+from ..probe import run_observed
+
 __all__ = ["expected_sops", "compare_with_model", "Agreement", "model_spikes"]
 
 
@@ -22,7 +25,6 @@ def expected_sops(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     T = int(model.T)
     out: dict[str, float] = {}
     first = {"seen": False}
-    handles = []
 
     def hook(name):
         def fn(mod, args, y):
@@ -42,43 +44,25 @@ def expected_sops(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
             out[name] = T * rate * float(flops) * B
         return fn
 
-    for name, mod in model.named_modules():
-        if isinstance(mod, (nn.Conv2d, nn.Linear)):
-            handles.append(mod.register_forward_hook(hook(name)))
-    was = model.training
-    model.eval()
-    try:
-        model(x)
-    finally:
-        model.train(was)
-        for h in handles:
-            h.remove()
+    run_observed(model, [x], post=[(mod, hook(name)) for name, mod in model.named_modules()
+                                   if isinstance(mod, (nn.Conv2d, nn.Linear))])
     return out
 
 
 @torch.no_grad()
 def model_spikes(model: nn.Module, x: torch.Tensor) -> tuple[dict[str, np.ndarray], torch.Tensor]:
     """Spikes of every neuron layer that runs (name -> uint8 array, engine layouts) and the logits."""
-    from ..neuron import LIF, ParametricLIF
-
     rec: dict[str, np.ndarray] = {}
-    handles = []
-    for name, mod in model.named_modules():
-        if isinstance(mod, (LIF, ParametricLIF)):
-            def fn(m, a, y, name=name):
-                y = y.detach()
-                if name.endswith("talking_heads_lif"):  # [T,B,h,1,d] -> [T,B,D] (c = head*d + lane)
-                    y = y.reshape(y.shape[0], y.shape[1], -1)
-                rec[name] = y.to(torch.uint8).contiguous().numpy()
-            handles.append(mod.register_forward_hook(fn))
-    was = model.training
-    model.eval()
-    try:
-        logits = model(x)
-    finally:
-        model.train(was)
-        for h in handles:
-            h.remove()
+
+    def hook(name):
+        def fn(m, a, y):
+            y = y.detach()
+            if name.endswith("talking_heads_lif"):  # [T,B,h,1,d] -> [T,B,D] (c = head*d + lane)
+                y = y.reshape(y.shape[0], y.shape[1], -1)
+            rec[name] = y.to(torch.uint8).contiguous().numpy()
+        return fn
+
+    (logits,) = run_observed(model, [x], post=[(mod, hook(name)) for name, mod in neurons(model)])
     return rec, logits
 
 

@@ -28,8 +28,11 @@ turns every fast path off). A backend passed explicitly by the caller takes prec
 backend that cannot run the given tensor (``cpp`` on a CUDA tensor, ``triton`` without Triton/CUDA, a failed C++
 build) raises instead of silently falling back.
 
-Both fused backends save only the (contiguous) input for backward and recompute H in the backward pass; their
-spikes are bit-identical to the reference and their gradients agree with it to ~1e-7.
+Both fused backends are tables of four ops behind one autograd wrapper (:mod:`.autograd`); they save only the
+(contiguous) input for backward and recompute H in the backward pass; their spikes are bit-identical to the
+reference and their gradients agree with it to ~1e-7. They implement the official neuron (sigmoid surrogate,
+detached reset); any other surrogate or ``detach_reset=False`` runs on the reference (``auto``) or raises (a
+forced fused backend). This module is the one place that reads ``SPIKEDRIVEN_LIF_BACKEND``.
 """
 from __future__ import annotations
 
@@ -37,14 +40,17 @@ import os
 
 import torch
 
-from . import _cpp, _triton
+from . import _cpp, _triton, autograd
 from .reference import heaviside_sigmoid, lif_reference, plif_reference
+from ..surrogate import Sigmoid, Surrogate
 
 __all__ = [
     "BACKENDS",
     "ENV_VAR",
     "available_backends",
+    "requested_backend",
     "resolve_backend",
+    "fusable",
     "lif_multistep",
     "plif_multistep",
     "lif_reference",
@@ -55,6 +61,7 @@ __all__ = [
 BACKENDS = ("auto", "torch", "cpp", "triton")
 ENV_VAR = "SPIKEDRIVEN_LIF_BACKEND"
 _FAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_OPS = {"cpp": _cpp, "triton": _triton}  # fused backend -> its op table
 
 
 def available_backends() -> dict[str, bool]:
@@ -62,7 +69,8 @@ def available_backends() -> dict[str, bool]:
     return {"torch": True, "cpp": _cpp.load(), "triton": _triton.is_available()}
 
 
-def _requested(backend: str) -> str:
+def requested_backend(backend: str = "auto") -> str:
+    """``backend``, with ``auto`` replaced by ``$SPIKEDRIVEN_LIF_BACKEND`` when that is set (validated)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
@@ -74,11 +82,17 @@ def _requested(backend: str) -> str:
     return backend
 
 
-def resolve_backend(x: torch.Tensor, backend: str = "auto", return_v: bool = False) -> str:
-    """The backend that ``lif_multistep(x, backend=backend, return_v=return_v)`` runs (raises if impossible)."""
-    backend = _requested(backend)
+def fusable(surrogate: Surrogate | None = None, detach_reset: bool = True) -> bool:
+    """True if the fused kernels implement this neuron (the official one: sigmoid surrogate, detached reset)."""
+    return detach_reset and (surrogate is None or type(surrogate) is Sigmoid)
+
+
+def resolve_backend(x: torch.Tensor, backend: str = "auto", return_v: bool = False, *,
+                    surrogate: Surrogate | None = None, detach_reset: bool = True) -> str:
+    """The backend that ``lif_multistep(x, backend=backend, ...)`` runs (raises if a forced one cannot)."""
+    backend = requested_backend(backend)
     if backend == "auto":
-        if return_v or x.numel() == 0 or x.dtype not in _FAST_DTYPES:
+        if return_v or x.numel() == 0 or x.dtype not in _FAST_DTYPES or not fusable(surrogate, detach_reset):
             return "torch"
         if x.device.type == "cpu":
             return "cpp" if _cpp.load() else "torch"
@@ -87,6 +101,9 @@ def resolve_backend(x: torch.Tensor, backend: str = "auto", return_v: bool = Fal
         return "torch"
     if backend == "torch":
         return "torch"
+    if not fusable(surrogate, detach_reset):
+        raise ValueError(f"backend {backend!r} only implements the sigmoid surrogate with detach_reset=True; got "
+                         f"surrogate={surrogate!r}, detach_reset={detach_reset}. Use backend='torch'.")
     if return_v:
         raise ValueError(f"return_v=True is only provided by the 'torch' backend, not {backend!r}")
     if x.dtype not in _FAST_DTYPES:
@@ -97,7 +114,6 @@ def resolve_backend(x: torch.Tensor, backend: str = "auto", return_v: bool = Fal
         if not _cpp.load():
             raise RuntimeError(f"backend 'cpp' is unavailable: the C++ build failed ({_cpp.LIF_EXT.error!r})")
         return "cpp"
-    # triton
     if x.device.type != "cuda":
         raise ValueError(f"backend 'triton' needs a CUDA tensor, got device {x.device}")
     if not _triton.is_available():
@@ -114,37 +130,26 @@ def _check_x(x: torch.Tensor) -> None:
         raise TypeError(f"x must be a floating point tensor, got {x.dtype}")
 
 
-def lif_multistep(
-    x: torch.Tensor,
-    v_threshold: float = 1.0,
-    tau: float = 2.0,
-    alpha: float = 4.0,
-    backend: str = "auto",
-    return_v: bool = False,
-):
-    """Multi-step LIF (decay_input, hard reset to 0, detached reset, sigmoid surrogate) on ``x`` [T, ...].
+def lif_multistep(x: torch.Tensor, v_threshold: float = 1.0, tau: float = 2.0, alpha: float = 4.0,
+                  backend: str = "auto", return_v: bool = False, *, surrogate: Surrogate | None = None,
+                  detach_reset: bool = True):
+    """Multi-step LIF (decay_input, hard reset to 0) on ``x`` [T, ...].
 
-    Returns spikes shaped and typed like ``x`` (values 0/1); with ``return_v=True`` returns
-    ``(spikes, v_seq)`` where ``v_seq`` is the fp32 post-reset membrane potential of every step (torch backend).
+    Returns spikes shaped and typed like ``x`` (values 0/1); with ``return_v=True`` returns ``(spikes, v_seq)``
+    where ``v_seq`` is the post-reset membrane potential of every step (reference backend). ``surrogate``
+    (default ``Sigmoid(alpha)``) and ``detach_reset=False`` are served by the reference only.
     """
     _check_x(x)
-    which = resolve_backend(x, backend, return_v)
-    v_threshold, tau, alpha = float(v_threshold), float(tau), float(alpha)
-    if which == "cpp":
-        return _cpp.lif(x, v_threshold, tau, alpha)
-    if which == "triton":
-        return _triton.lif(x, v_threshold, tau, alpha)
-    return lif_reference(x, v_threshold, tau, alpha, return_v=return_v)
+    which = resolve_backend(x, backend, return_v, surrogate=surrogate, detach_reset=detach_reset)
+    if which != "torch":
+        return autograd.lif(_OPS[which], x, float(v_threshold), float(tau), float(alpha))
+    return lif_reference(x, float(v_threshold), float(tau), float(alpha), return_v=return_v, surrogate=surrogate,
+                         detach_reset=detach_reset)
 
 
-def plif_multistep(
-    x: torch.Tensor,
-    w: torch.Tensor,
-    v_threshold: float = 1.0,
-    alpha: float = 4.0,
-    backend: str = "auto",
-    return_v: bool = False,
-):
+def plif_multistep(x: torch.Tensor, w: torch.Tensor, v_threshold: float = 1.0, alpha: float = 4.0,
+                   backend: str = "auto", return_v: bool = False, *, surrogate: Surrogate | None = None,
+                   detach_reset: bool = True):
     """Multi-step parametric LIF, 1/tau = sigmoid(w) with ``w`` a one-element (learnable) tensor.
 
     Gradients flow to ``x`` and to ``w``. Same return convention as :func:`lif_multistep`.
@@ -154,10 +159,8 @@ def plif_multistep(
         w = torch.tensor(float(w), dtype=torch.float32, device=x.device)
     if w.numel() != 1:
         raise ValueError(f"w must hold exactly one element, got shape {tuple(w.shape)}")
-    which = resolve_backend(x, backend, return_v)
-    v_threshold, alpha = float(v_threshold), float(alpha)
-    if which == "cpp":
-        return _cpp.plif(x, w, v_threshold, alpha)
-    if which == "triton":
-        return _triton.plif(x, w, v_threshold, alpha)
-    return plif_reference(x, w, v_threshold, alpha, return_v=return_v)
+    which = resolve_backend(x, backend, return_v, surrogate=surrogate, detach_reset=detach_reset)
+    if which != "torch":
+        return autograd.plif(_OPS[which], x, w, float(v_threshold), float(alpha))
+    return plif_reference(x, w, float(v_threshold), float(alpha), return_v=return_v, surrogate=surrogate,
+                          detach_reset=detach_reset)

@@ -1,4 +1,4 @@
-"""CPU backend: the C++ kernel in ``csrc/lif_cpu.cpp``, compiled on first use, wrapped in autograd Functions.
+"""CPU backend: the C++ kernel in ``csrc/lif_cpu.cpp``, compiled on first use; its ops feed ``kernels.autograd``.
 (``csrc/engine_cpu.cpp``, the event engine's kernels, is built by the same :class:`CppExtension` machinery.)
 
 The extension is built with :func:`torch.utils.cpp_extension.load` (needs a C++ compiler and ``ninja``) into
@@ -48,6 +48,21 @@ def _arch_flags() -> list[str]:
     return []
 
 
+def _import_cpp_extension():
+    """``torch.utils.cpp_extension``, without the "No CUDA runtime is found" warning its import logs on machines
+    with a CUDA build of torch and no GPU (it concerns CUDA extensions; these are CPU ones)."""
+    import logging
+
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        log.setLevel(level)
+    return cpp_extension
+
+
 class CppExtension:
     """One C++ source in ``csrc/`` that registers ``torch.ops.<namespace>``, compiled on first use and cached.
 
@@ -77,8 +92,7 @@ class CppExtension:
         ns = getattr(torch.ops, self.namespace, None)
         if ns is not None and hasattr(ns, self.probe_op):
             return  # already registered in this process
-        from torch.utils import cpp_extension
-
+        cpp_extension = _import_cpp_extension()
         if not self.src.is_file():
             raise FileNotFoundError(f"C++ source not found: {self.src} (package data missing?)")
         cflags = _BASE_CFLAGS + _arch_flags()
@@ -115,57 +129,19 @@ def load(verbose: bool = False) -> bool:
     return LIF_EXT.load(verbose)
 
 
-def _flat(x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(x.shape[0], -1).contiguous()
+# ---- the backend's op table (see kernels.autograd): [T, N] contiguous tensors in, tensors out
+def lif_forward(x2: torch.Tensor, v_threshold: float, tau: float, needs_grad: bool) -> torch.Tensor:
+    return torch.ops.spikedriven_lif.lif_fwd(x2, v_threshold, tau, needs_grad)
 
 
-class LIFFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, v_threshold: float, tau: float, alpha: float):
-        x2 = _flat(x)
-        out = torch.ops.spikedriven_lif.lif_fwd(x2, float(v_threshold), float(tau), bool(ctx.needs_input_grad[0]))
-        ctx.save_for_backward(x2)
-        ctx.params = (float(v_threshold), float(tau), float(alpha))
-        ctx.shape = x.shape
-        return out.view(x.shape)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        (x2,) = ctx.saved_tensors
-        v_th, tau, alpha = ctx.params
-        gs = grad.reshape(x2.shape).to(x2.dtype).contiguous()
-        gx = torch.ops.spikedriven_lif.lif_bwd(x2, gs, v_th, tau, alpha)
-        return gx.view(ctx.shape), None, None, None
+def lif_backward(x2: torch.Tensor, gs: torch.Tensor, v_threshold: float, tau: float, alpha: float) -> torch.Tensor:
+    return torch.ops.spikedriven_lif.lif_bwd(x2, gs, v_threshold, tau, alpha)
 
 
-class PLIFFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, w: torch.Tensor, v_threshold: float, alpha: float):
-        x2 = _flat(x)
-        k = torch.sigmoid(w.detach().float())
-        out = torch.ops.spikedriven_lif.plif_fwd(x2, float(v_threshold), float(k), any(ctx.needs_input_grad[:2]))
-        ctx.save_for_backward(x2, k)
-        ctx.params = (float(v_threshold), float(alpha))
-        ctx.shape = x.shape
-        ctx.w_dtype, ctx.w_shape = w.dtype, w.shape
-        return out.view(x.shape)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        x2, k = ctx.saved_tensors
-        v_th, alpha = ctx.params
-        gs = grad.reshape(x2.shape).to(x2.dtype).contiguous()
-        gx, dk = torch.ops.spikedriven_lif.plif_bwd(x2, gs, v_th, float(k), alpha)
-        # dk/dw = k (1 - k), in fp32 like the reference's sigmoid backward
-        gw = (dk.float() * (k * (1 - k))).to(ctx.w_dtype).reshape(ctx.w_shape)
-        return gx.view(ctx.shape), gw, None, None
+def plif_forward(x2: torch.Tensor, v_threshold: float, k: float, needs_grad: bool) -> torch.Tensor:
+    return torch.ops.spikedriven_lif.plif_fwd(x2, v_threshold, k, needs_grad)
 
 
-def lif(x: torch.Tensor, v_threshold: float, tau: float, alpha: float) -> torch.Tensor:
-    return LIFFunction.apply(x, v_threshold, tau, alpha)
-
-
-def plif(x: torch.Tensor, w: torch.Tensor, v_threshold: float, alpha: float) -> torch.Tensor:
-    return PLIFFunction.apply(x, w, v_threshold, alpha)
+def plif_backward(x2, gs, v_threshold: float, k: float, alpha: float):
+    """(gx, dL/dk)."""
+    return torch.ops.spikedriven_lif.plif_bwd(x2, gs, v_threshold, k, alpha)

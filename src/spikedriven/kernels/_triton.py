@@ -1,4 +1,4 @@
-"""CUDA backend: Triton kernels for the multi-step LIF / PLIF, wrapped in autograd Functions.
+"""CUDA backend: Triton kernels for the multi-step LIF / PLIF; their ops feed ``kernels.autograd``.
 
 Importing this module never fails: if Triton (or a CUDA device) is missing, ``AVAILABLE`` is False and the
 public API never selects it. One Triton program handles a contiguous block of ``BLOCK`` neurons and loops over
@@ -127,57 +127,19 @@ def _backward(x2, gs, v_th, decay, alpha, need_dk: bool):
     return gx, dk.double().sum()
 
 
-def _flat(x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(x.shape[0], -1).contiguous()
+# ---- the backend's op table (see kernels.autograd): [T, N] contiguous CUDA tensors in, tensors out
+def lif_forward(x2: torch.Tensor, v_threshold: float, tau: float, needs_grad: bool) -> torch.Tensor:
+    return _forward(x2, v_threshold, _recip_f32(tau))
 
 
-class LIFFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, v_threshold, tau, alpha):
-        x2 = _flat(x)
-        decay = _recip_f32(tau)
-        out = _forward(x2, v_threshold, decay)
-        ctx.save_for_backward(x2)
-        ctx.params = (float(v_threshold), decay, float(alpha))
-        ctx.shape = x.shape
-        return out.view(x.shape)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        (x2,) = ctx.saved_tensors
-        v_th, decay, alpha = ctx.params
-        gs = grad.reshape(x2.shape).to(x2.dtype).contiguous()
-        gx, _ = _backward(x2, gs, v_th, decay, alpha, need_dk=False)
-        return gx.view(ctx.shape), None, None, None
+def lif_backward(x2: torch.Tensor, gs: torch.Tensor, v_threshold: float, tau: float, alpha: float) -> torch.Tensor:
+    return _backward(x2, gs, v_threshold, _recip_f32(tau), alpha, need_dk=False)[0]
 
 
-class PLIFFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, w, v_threshold, alpha):
-        x2 = _flat(x)
-        k = torch.sigmoid(w.detach().float())
-        out = _forward(x2, v_threshold, float(k))
-        ctx.save_for_backward(x2, k)
-        ctx.params = (float(v_threshold), float(alpha))
-        ctx.shape = x.shape
-        ctx.w_dtype, ctx.w_shape = w.dtype, w.shape
-        return out.view(x.shape)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        x2, k = ctx.saved_tensors
-        v_th, alpha = ctx.params
-        gs = grad.reshape(x2.shape).to(x2.dtype).contiguous()
-        gx, dk = _backward(x2, gs, v_th, float(k), alpha, need_dk=True)
-        gw = (dk.float() * (k * (1 - k))).to(ctx.w_dtype).reshape(ctx.w_shape)
-        return gx.view(ctx.shape), gw, None, None
+def plif_forward(x2: torch.Tensor, v_threshold: float, k: float, needs_grad: bool) -> torch.Tensor:
+    return _forward(x2, v_threshold, k)
 
 
-def lif(x, v_threshold, tau, alpha):
-    return LIFFunction.apply(x, v_threshold, tau, alpha)
-
-
-def plif(x, w, v_threshold, alpha):
-    return PLIFFunction.apply(x, w, v_threshold, alpha)
+def plif_backward(x2, gs, v_threshold: float, k: float, alpha: float):
+    """(gx, dL/dk)."""
+    return _backward(x2, gs, v_threshold, k, alpha, need_dk=True)

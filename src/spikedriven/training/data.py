@@ -21,16 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 __all__ = ["EpochSampler", "SeededDataset", "build_datasets", "build_loaders", "build_mixup", "batch_cutout",
-           "SNNAugmentWide", "split_name"]
-
-
-def split_name(split: str) -> str:
-    s = (split or "").lower()
-    if s in ("train", "training"):
-        return "train"
-    if s in ("val", "validation", "test", "eval", "valid"):
-        return "test"
-    raise ValueError(f"unknown split {split!r}; use train or validation/test")
+           "SNNAugmentWide"]
 
 
 def _sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -260,13 +251,14 @@ def build_transforms(r, is_event: bool):
 
 def build_datasets(r, splits=("train", "test")) -> dict[str, SeededDataset]:
     """``{"train": ..., "test": ...}`` wrapped datasets for recipe ``r`` (only the splits asked for)."""
-    from ..data import DATASET_INFO, create_dataset
+    from ..data.factory import create_dataset
+    from ..data.info import DATASET_INFO
+    from ..data.info import is_event as _is_event
 
     name = r.dataset_name
     if name not in DATASET_INFO:
         raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASET_INFO))}")
-    info = DATASET_INFO[name]
-    is_event = bool(info.get("is_event") if isinstance(info, dict) else getattr(info, "is_event", False))
+    is_event = _is_event(name)
     train_t, eval_t, random_train = build_transforms(r, is_event)
     out = {}
     root = r.get("data_dir") or None

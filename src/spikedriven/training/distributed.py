@@ -47,7 +47,6 @@ def _pick_device(spec: str, local_rank: int) -> torch.device:
 def init_distributed(device: str = "auto", backend: str = "auto") -> DistEnv:
     """Initialise the process group from torchrun's environment (no-op for a single process)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = _pick_device(device, local_rank)
     if world <= 1:

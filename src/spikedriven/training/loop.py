@@ -7,7 +7,6 @@ epoch with ``step(epoch + 1)`` (optionally every update), Mixup/CutMix with smoo
 """
 from __future__ import annotations
 
-import math
 import os
 import random
 import sys
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import atomic_save, load_into_model, save_safetensors
+from ..models.factory import build_model as _build_model
 from .data import _sample_seed, apply_mixup, batch_cutout, build_datasets, build_loaders, build_mixup
 from .distributed import DistEnv, all_reduce_sum, barrier, broadcast_object, init_distributed
 from .losses import build_train_criterion
@@ -38,13 +38,9 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def build_model(r: Recipe):
-    from ..model import SpikeDrivenTransformer
-
-    kw = r.model_kwargs()
-    model = SpikeDrivenTransformer(**kw)
-    model.model_name = r.get("model") if r.get("model") not in (None, "", "sdt") else (
-        f"sdt_{kw['depth']}_{kw['embed_dim']}")
-    return model, kw
+    """The recipe's model (``models.build_model(recipe=r)``) and its constructor arguments."""
+    model = _build_model(recipe=r)[0]
+    return model, dict(model.model_kwargs)
 
 
 # ------------------------------------------------------------------------------------------- RNG state
@@ -110,6 +106,30 @@ def evaluate(model: nn.Module, loader, device, env: DistEnv | None = None, amp_c
 
 
 # ------------------------------------------------------------------------------------------- trainer
+class StopPolicy:
+    """When training stops before the schedule ends: after ``stop_after_steps`` steps (e.g. to test resume) or
+    when ``time_limit`` minutes of training have passed (all ranks stop at the same step)."""
+
+    def __init__(self, r: Recipe, env: DistEnv):
+        self.env = env
+        self.stop_at = int(r["stop_after_steps"]) if r.get("stop_after_steps") is not None else None
+        self.limit_s = 60 * float(r["time_limit"]) if r.get("time_limit") is not None else None
+
+    def over_time(self, elapsed: float) -> bool:
+        return self.limit_s is not None and elapsed > self.limit_s
+
+    def after_step(self, step: int, elapsed: float) -> str | None:
+        if self.stop_at is not None and step >= self.stop_at:
+            return "steps"
+        if self.limit_s is not None:
+            hit = self.over_time(elapsed)
+            if self.env.world > 1:  # clocks differ across ranks: all must stop at the same step
+                hit = all_reduce_sum([float(hit)], self.env)[0] > 0
+            if hit:
+                return "time"
+        return None
+
+
 class Trainer:
     """Train recipe ``r``: ``Trainer(r).fit()`` returns the final metrics and the run folder.
 
@@ -132,6 +152,7 @@ class Trainer:
         # ---- model (same initial weights on every rank), then rank-dependent seeding (timm random_seed)
         seed_everything(int(r["seed"]))
         self.model, self.model_kwargs = build_model(r)
+        r.adopt_model(self.model)
         if r.get("initial_checkpoint"):
             load_into_model(self.model, r["initial_checkpoint"], strict=True)
         for n_, p in self.model.named_parameters():
@@ -292,8 +313,7 @@ class Trainer:
             if resume_path is not None and not r.get("experiment"):
                 d = resume_path.parent
             else:
-                k = self.model_kwargs
-                default = f"{r.dataset_name or 'data'}-{getattr(self.model, 'model_name', 'sdt')}-t{k['T']}"
+                default = f"{r.dataset_name or 'data'}-{self.model.model_name}-t{self.model.T}"
                 d = make_run_dir(r.get("output") or "runs", r.get("experiment") or "", default)
             d = str(d)
         else:
@@ -317,7 +337,8 @@ class Trainer:
     def state_dict(self) -> dict:
         st = {
             "version": CKPT_VERSION,
-            "arch": getattr(self.model, "model_name", "sdt"),
+            "arch": self.model.model_name,
+            "family": self.model.model_family,
             "epoch": self.epoch if self.batch_in_epoch else self.epoch - 1,  # last completed epoch (official)
             "next_epoch": self.epoch,
             "next_batch": self.batch_in_epoch,
@@ -444,42 +465,62 @@ class Trainer:
         return float(loss.detach())
 
     def fit(self) -> dict:
-        r = self.r
+        """Train until the schedule ends or the stop policy (``stop_after_steps``, ``time_limit``) says so."""
         self._t0 = time.time()
-        loader = self.loaders["train"]
-        sampler = loader.sampler
-        ds = loader.dataset
-        n_params = sum(p.numel() for p in self.model.parameters())
-        k = self.model_kwargs
-        self.log(f"model {getattr(self.model, 'model_name', 'sdt')}: L={k['depth']} D={k['embed_dim']} T={k['T']} "
-                 f"img={k['img_size']} pool={k['pooling_stat']} in={k['in_channels']} classes={k['num_classes']}, "
-                 f"{n_params:,} parameters; data {r.dataset_name}: {len(ds)} train / "
-                 f"{len(self.loaders['test'].dataset)} test samples; {self.env.world} process(es) on "
-                 f"{self.device}, {torch.get_num_threads()} thread(s); {self.steps_per_epoch} steps/epoch x "
-                 f"{self.num_epochs} epochs; opt {r['opt']} lr {r['lr']:g} sched {r['sched']}"
-                 + (f" amp {str(self.amp_dtype).replace('torch.', '')}" if self.amp_dtype else "")
-                 + (" mixup" if self.mixup else "") + (" TET" if r.get("TET") else "")
-                 + (" EMA" if self.ema else ""))
+        self.log(self._describe())
         if self.run_dir is not None:
             self.log(f"run folder: {self.run_dir}")
-        stopped = timed_out = False
-        limit_s = 60 * float(r["time_limit"]) if r.get("time_limit") is not None else None
-        result: dict[str, Any] = {}
-        while self.epoch < self.num_epochs:
-            epoch = self.epoch
-            t_ep = time.time()
-            self._set_schedule()
-            if self.batch_in_epoch == 0:
-                self.loss_sum, self.loss_n = 0.0, 0
-            ds.set_epoch(epoch) if hasattr(ds, "set_epoch") else None
-            sampler.set_epoch(epoch, skip=self.batch_in_epoch * int(r["batch_size"]))
-            self.train_model.train()
-            bar = None
-            if r.get("progress") and self.env.is_main:
-                from tqdm import tqdm
+        stop = StopPolicy(self.r, self.env)
+        reason = None
+        while self.epoch < self.num_epochs and reason is None:
+            epoch, t_ep = self.epoch, time.time()
+            reason = self._run_epoch(stop)
+            if reason == "steps" and self.batch_in_epoch < self.steps_per_epoch:  # stopped inside the epoch
+                self.save("last.pt")
+                self.log(f"stopped after step {self.global_step} (epoch {epoch}, batch {self.batch_in_epoch}); "
+                         f"continue with --resume {self.run_dir}")
+                break
+            if reason is None and stop.over_time(self.elapsed()):
+                reason = "time"
+            self._end_epoch(epoch, t_ep, reason)
+        barrier(self.env)
+        result = self._final(reason == "steps")
+        if self.logger:
+            self.logger.close()
+        return result
 
-                bar = tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch, desc=f"epoch {epoch + 1}/"
-                           f"{self.num_epochs}", dynamic_ncols=True, mininterval=1.0, leave=False, file=sys.stderr)
+    def _describe(self) -> str:
+        r, ds = self.r, self.loaders["train"].dataset
+        n_params = sum(p.numel() for p in self.model.parameters())
+        arch = self.model.arch_summary() if hasattr(self.model, "arch_summary") else ""
+        return (f"model {self.model.model_name} ({arch}), {n_params:,} parameters; data {r.dataset_name}: {len(ds)} "
+                f"train / {len(self.loaders['test'].dataset)} test samples; {self.env.world} process(es) on "
+                f"{self.device}, {torch.get_num_threads()} thread(s); {self.steps_per_epoch} steps/epoch x "
+                f"{self.num_epochs} epochs; opt {r['opt']} lr {r['lr']:g} sched {r['sched']}"
+                + (f" amp {str(self.amp_dtype).replace('torch.', '')}" if self.amp_dtype else "")
+                + (" mixup" if self.mixup else "") + (" TET" if r.get("TET") else "") + (" EMA" if self.ema else ""))
+
+    def _run_epoch(self, stop: "StopPolicy") -> str | None:
+        """Train the rest of epoch ``self.epoch``; returns None when it completed, else why it stopped early
+        ("steps": stop_after_steps reached, "time": the time limit, a hard budget checked every step)."""
+        r = self.r
+        loader = self.loaders["train"]
+        self._set_schedule()
+        if self.batch_in_epoch == 0:
+            self.loss_sum, self.loss_n = 0.0, 0
+        if hasattr(loader.dataset, "set_epoch"):
+            loader.dataset.set_epoch(self.epoch)
+        loader.sampler.set_epoch(self.epoch, skip=self.batch_in_epoch * int(r["batch_size"]))
+        self.train_model.train()
+        bar = None
+        if r.get("progress") and self.env.is_main:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}/"
+                       f"{self.num_epochs}", dynamic_ncols=True, mininterval=1.0, leave=False, file=sys.stderr)
+        every = int(r.get("checkpoint_every") or 0)
+        reason = None
+        try:
             for x, y in loader:
                 loss = self.train_step(x, y)
                 self.loss_sum += loss
@@ -491,68 +532,52 @@ class Trainer:
                 if self.logger and self.global_step % max(int(r["log_interval"]), 1) == 0:
                     self.logger.scalar("train/loss", loss, self.global_step)
                     self.logger.scalar("train/lr", self.current_lr(), self.global_step)
-                stop_at = r.get("stop_after_steps")
-                if stop_at is not None and self.global_step >= int(stop_at):
-                    stopped = True
+                reason = stop.after_step(self.global_step, self.elapsed())
+                if reason:
                     break
-                if limit_s is not None:
-                    hit = self.elapsed() > limit_s
-                    if self.env.world > 1:  # clocks differ across ranks: all must stop at the same step
-                        hit = all_reduce_sum([float(hit)], self.env)[0] > 0
-                    if hit:
-                        timed_out = True  # a hard budget: stop mid-epoch, then evaluate what we have
-                        break
-                every = int(r.get("checkpoint_every") or 0)
                 if every and self.global_step % every == 0 and self.batch_in_epoch < self.steps_per_epoch:
                     self.save("last.pt")
+        finally:
             if bar is not None:
                 bar.close()
-            if stopped and self.batch_in_epoch < self.steps_per_epoch:
-                self.save("last.pt")
-                self.log(f"stopped after step {self.global_step} (epoch {epoch}, batch {self.batch_in_epoch}); "
-                         f"continue with --resume {self.run_dir}")
-                break
-            # ---- epoch end (or the time limit hit inside it)
-            train_loss = self.loss_sum / max(self.loss_n, 1)
-            train_loss = all_reduce_sum([train_loss], self.env)[0] / self.env.world
-            partial = timed_out and self.batch_in_epoch < self.steps_per_epoch
-            if not partial:
-                self.epoch, self.batch_in_epoch = epoch + 1, 0
-            last = self.epoch >= self.num_epochs
-            over_time = timed_out or (limit_s is not None and self.elapsed() > limit_s)
-            row = {"epoch": epoch, "step": self.global_step, "train_loss": train_loss, "lr": self.current_lr()}
-            if (epoch + 1) % max(int(r.get("eval_every") or 1), 1) == 0 or last or stopped or over_time:
-                row.update(self._evaluate_epoch())
-            row["epoch_time_s"] = time.time() - t_ep
-            row["elapsed_s"] = self.elapsed()
-            self.history.append(row)
-            improved = self._rank(row)
-            if self.scheduler is not None and self._plateau() and "top1" in row:
-                self.scheduler.step(self.epoch, row[_metric_key(r)])
-            if self.logger:
-                self.logger.epoch_row(row)
-            self.log(_epoch_line(row, self.num_epochs, self.ema is not None))
-            self.save("last.pt")
-            if improved:
-                self._save_best()
-            if self.env.is_main and r.get("plot") and self.run_dir is not None:
-                plot_curve(self.run_dir / "metrics.csv", self.run_dir / "curve.png", self._title())
-            if stopped or over_time:
-                if over_time and not last:
-                    where = (f"in epoch {epoch + 1} (batch {self.batch_in_epoch}/{self.steps_per_epoch})" if partial
-                             else f"after epoch {epoch + 1}")
-                    self.log(f"time limit of {r['time_limit']} min reached {where}; continue with a larger "
-                             f"--time-limit and --resume {self.run_dir}")
-                break
-        barrier(self.env)
-        result = self._final(stopped)
+        return reason
+
+    def _end_epoch(self, epoch: int, t_ep: float, reason: str | None) -> None:
+        """Epoch end (or the point where the time limit stopped it): evaluate, log, rank, checkpoint, plot."""
+        r = self.r
+        train_loss = self.loss_sum / max(self.loss_n, 1)
+        train_loss = all_reduce_sum([train_loss], self.env)[0] / self.env.world
+        partial = reason == "time" and self.batch_in_epoch < self.steps_per_epoch
+        if not partial:
+            self.epoch, self.batch_in_epoch = epoch + 1, 0
+        last = self.epoch >= self.num_epochs
+        row = {"epoch": epoch, "step": self.global_step, "train_loss": train_loss, "lr": self.current_lr()}
+        if (epoch + 1) % max(int(r.get("eval_every") or 1), 1) == 0 or last or reason:
+            row.update(self._evaluate_epoch())
+        row["epoch_time_s"] = time.time() - t_ep
+        row["elapsed_s"] = self.elapsed()
+        self.history.append(row)
+        improved = self._rank(row)
+        if self.scheduler is not None and self._plateau() and "top1" in row:
+            self.scheduler.step(self.epoch, row[_metric_key(r)])
         if self.logger:
-            self.logger.close()
-        return result
+            self.logger.epoch_row(row)
+        self.log(_epoch_line(row, self.num_epochs, self.ema is not None))
+        # best.pt before last.pt: a kill between the two leaves last.pt one epoch behind (resume redoes the epoch
+        # and writes the same best again) instead of a last.pt that claims a best model best.pt does not hold
+        if improved:
+            self._save_best()
+        self.save("last.pt")
+        if self.env.is_main and r.get("plot") and self.run_dir is not None:
+            plot_curve(self.run_dir / "metrics.csv", self.run_dir / "curve.png", self._title())
+        if reason == "time" and not last:
+            where = (f"in epoch {epoch + 1} (batch {self.batch_in_epoch}/{self.steps_per_epoch})" if partial
+                     else f"after epoch {epoch + 1}")
+            self.log(f"time limit of {r['time_limit']} min reached {where}; continue with a larger --time-limit "
+                     f"and --resume {self.run_dir}")
 
     def _title(self) -> str:
-        k = self.model_kwargs
-        return f"{self.r.dataset_name}: SDT L{k['depth']}-D{k['embed_dim']} T={k['T']}"
+        return f"{self.r.dataset_name}: {self.model.model_name} T={self.model.T}"
 
     def _evaluate_epoch(self) -> dict:
         res = evaluate(self.model, self.loaders["test"], self.device, self.env, self.amp_ctx,

@@ -14,7 +14,6 @@ filled from ``spikedriven.data.DATASET_INFO``.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 import warnings
@@ -23,13 +22,14 @@ from typing import Any
 
 import yaml
 
-from ..config import ConfigWarning, load_yaml, model_kwargs_from_official, official_noop_warnings
-from ..data import DATASET_ALIASES, canonical_name
+from ..config.official import ConfigWarning, load_yaml, official_noop_warnings
+from ..data.info import DATASET_ALIASES, DATASET_INFO, canonical_name, is_event
 
-__all__ = ["Recipe", "SCHEMA", "resolve_recipe", "find_config", "list_configs", "add_recipe_arguments",
-           "recipe_overrides_from_args", "DATASET_ALIASES", "CONFIG_DIR"]
+__all__ = ["Recipe", "SCHEMA", "ALIASES", "MODEL_KEYS", "DEFAULT_CONFIG", "resolve_recipe", "find_config", "list_configs", "DATASET_ALIASES",
+           "CONFIG_DIR"]
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_CONFIG = "digits"  # the main job: what `spikedriven train` runs with no arguments
 
 # key: (default, type, help). Types: int float str bool floats (list) opt_* (None allowed) any (YAML value).
 # Defaults are the official train.py argparse defaults where the key exists there.
@@ -157,6 +157,11 @@ SCHEMA: dict[str, tuple[Any, str, str]] = {
     "save_checkpoints": (True, "bool", "write last.pt / best.pt"),
 }
 
+# Keys that describe only the model (the rest of the recipe is data and optimisation). With a registered model
+# name they override its configuration only when set explicitly.
+MODEL_KEYS = {"dim", "layer", "time_steps", "num_heads", "mlp_ratio", "pooling_stat", "spike_mode", "TET",
+              "drop_path_rate", "attn_mode", "shortcut", "dvs_mode", "lif_backend"}
+
 ALIASES = {"b": "batch_size", "vb": "val_batch_size", "j": "workers", "tet": "TET", "tet_means": "TET_means",
            "tet_lamb": "TET_lamb", "T": "time_steps", "embed_dim": "dim", "depth": "layer"}
 
@@ -214,57 +219,27 @@ class Recipe(dict):
     # -------------------------------------------------------------- derived
     @property
     def dataset_name(self) -> str:
-        return normalise_dataset(self["dataset"])
-
-    def model_kwargs(self) -> dict[str, Any]:
-        """``SpikeDrivenTransformer`` keyword arguments for this recipe."""
-        from ..model import _REGISTRY
-
-        name = self.get("model") or "sdt"
-        explicit = self.explicit
-        if name != "sdt":
-            if name not in _REGISTRY:
-                from ..model import model_info
-
-                model_info(name)  # raises with suggestions
-            kw = copy.deepcopy(_REGISTRY[name].kwargs)
-            mapping = {"dim": "embed_dim", "layer": "depth", "time_steps": "T", "num_heads": "num_heads",
-                       "mlp_ratio": "mlp_ratio", "pooling_stat": "pooling_stat", "spike_mode": "spike_mode",
-                       "TET": "tet", "img_size": "img_size", "in_channels": "in_channels",
-                       "num_classes": "num_classes"}
-            for k, mk in mapping.items():
-                if k in explicit and self.get(k) is not None:
-                    kw[mk] = self[k]
-        else:
-            if self.get("dim") is None:
-                raise ValueError("the recipe builds the model from its keys but sets no 'dim' (embedding "
-                                 "dimension); set dim (and layer, time_steps, ...) or model: <registered name>")
-            cfg = {k: v for k, v in self.items() if v is not None}
-            kw = model_kwargs_from_official(cfg)
-        kw["drop_path_rate"] = float(self.get("drop_path_rate") or 0.0)
-        kw["attn_mode"] = self.get("attn_mode") or "sdsa"
-        kw["shortcut"] = self.get("shortcut") or "ms"
-        if self.get("dvs_mode") is not None:
-            kw["dvs_mode"] = bool(self["dvs_mode"])
-        elif name == "sdt":
-            kw["dvs_mode"] = self.dataset_name in ("cifar10-dvs", "cifar10-dvs-tet")
-        if self.get("lif_backend"):
-            kw["lif_backend"] = self["lif_backend"]
-        return kw
+        return canonical_name(self["dataset"])
 
     def resolved_dict(self, drop=()) -> dict:
         """The recipe's values as a plain dict that ``resolve_recipe`` reads back unchanged and without the
-        official no-op warnings (private ``_`` keys and ``drop`` left out, marked ``spikedriven_resolved``)."""
-        d = {k: v for k, v in self.items() if not str(k).startswith("_") and k not in drop}
+        official no-op warnings (private ``_`` keys and ``drop`` left out, marked ``spikedriven_resolved``).
+        Model keys the recipe did not set are left out too: the named model decides them, as it did here."""
+        d = {k: v for k, v in self.items() if not str(k).startswith("_") and k not in drop
+             and (k not in MODEL_KEYS or k in self.explicit or self.get("model") in (None, "", "sdt"))}
         d["spikedriven_resolved"] = True
         return d
 
+    def adopt_model(self, model) -> "Recipe":
+        """Keys the recipe left to the model take the model's values: its T frames event data, its ``tet`` flag
+        chooses the loss, its input size and channels shape the data pipeline."""
+        for key, attr in (("time_steps", "T"), ("TET", "tet"), ("img_size", "img_size"), ("in_channels", "in_channels")):
+            if key not in self.explicit and hasattr(model, attr):
+                self[key] = getattr(model, attr)
+        return self
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.resolved_dict(), sort_keys=False)
-
-
-def normalise_dataset(name: str) -> str:
-    return canonical_name(name)
 
 
 def list_configs() -> list[str]:
@@ -287,6 +262,9 @@ def _coerce(key: str, value: Any) -> Any:
     if key not in SCHEMA or value is None:
         return value
     typ = SCHEMA[key][1].replace("opt_", "")
+    if key == "pooling_stat" and not isinstance(value, str):  # unquoted 0011 is the YAML 1.1 octal integer 9
+        raise ValueError(f"pooling_stat must be a quoted 4-character string such as \"0011\", got {value!r} "
+                         f"(YAML reads unquoted digits as a number)")
     try:
         if typ == "int":
             return int(value)
@@ -356,7 +334,7 @@ def resolve_recipe(config: str | os.PathLike | dict | None = None, overrides: di
     if values.get("pretrained"):
         msgs.append("pretrained=True has no effect (no weights are downloaded); use initial_checkpoint")
     r = Recipe(values, explicit=explicit, warnings_=msgs, source=source)
-    r["dataset"] = normalise_dataset(r["dataset"]) if r["dataset"] else ""
+    r["dataset"] = canonical_name(r["dataset"]) if r["dataset"] else ""
     if fill_dataset and r["dataset"]:
         _fill_from_dataset(r)
     if warn:
@@ -366,33 +344,26 @@ def resolve_recipe(config: str | os.PathLike | dict | None = None, overrides: di
 
 
 def _fill_from_dataset(r: Recipe) -> None:
-    try:
-        from ..data import DATASET_INFO
-    except ImportError:  # data subpackage not installed: leave official defaults
-        DATASET_INFO = {}
+    """Unset ``num_classes``, ``in_channels``, ``img_size``, ``mean``, ``std``: from the registered model the recipe
+    names (its input size, channels and classes), else from the dataset's ``DATASET_INFO`` entry."""
     info = DATASET_INFO.get(r["dataset"])
-    if info is None and DATASET_INFO:
+    if info is None:
         raise KeyError(f"unknown dataset {r['dataset']!r}; known: {', '.join(sorted(DATASET_INFO))}")
+    model_kw = {}
+    if r.get("model") not in (None, "", "sdt"):
+        from ..models.registry import is_registered, model_info
 
-    def get(attr):
-        if info is None:
-            return None
-        return info.get(attr) if isinstance(info, dict) else getattr(info, attr, None)
-
-    size = get("img_size") or get("image_size") or get("size")
-    if isinstance(size, (tuple, list)):
-        size = size[-1]
-    fills = {"num_classes": get("num_classes"), "in_channels": get("in_channels"), "img_size": size,
-             "mean": get("mean"), "std": get("std")}
+        if is_registered(r["model"]):
+            model_kw = model_info(r["model"]).kwargs
     defaults = {"num_classes": 1000, "in_channels": 3, "img_size": 224}
-    for k, v in fills.items():
+    for k in ("num_classes", "in_channels", "img_size", "mean", "std"):
         if r.get(k) is None:
+            v = model_kw.get(k, info.get(k))
             r[k] = v if v is not None else defaults.get(k)
     for k in ("mean", "std"):
         if r.get(k) is not None:
             r[k] = [float(x) for x in r[k]]
-    r["_is_event"] = bool(get("is_event")) if info is not None else r["dataset"] in (
-        "gesture", "cifar10-dvs", "cifar10-dvs-tet", "sim-fashion-mnist-dvs")
+    r["_is_event"] = is_event(r["dataset"])
 
 
 # Remaining official argparse dests (accepted in YAML; no effect unless listed in SCHEMA/UNSUPPORTED).
@@ -400,43 +371,3 @@ _OFFICIAL_EXTRA_DESTS = {
     "no_prefetcher", "pin_mem", "log_interval", "checkpoint_hist", "eval_metric", "output", "experiment",
     "patch_size", "use_conv_as_linear", "init_alif", "bn_eps", "bn_momentum", "aug_repeats", "model_ema_force_cpu",
 }
-
-
-# ------------------------------------------------------------------------------------------- CLI
-def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
-    """One option per recipe key (``--warmup-epochs`` and ``--warmup_epochs``); all default to "unset"."""
-    g = p.add_argument_group("recipe settings (override the YAML; defaults are the official train.py ones)")
-    short = {"batch_size": ["-b"], "val_batch_size": ["-vb"], "workers": ["-j"]}
-    extra = {"TET": ["--tet"], "time_steps": ["--T"], "dim": ["--embed-dim"], "layer": ["--depth"]}
-    for key, (default, typ, help_) in SCHEMA.items():
-        names = short.get(key, []) + [f"--{key.replace('_', '-')}"]
-        if "_" in key:
-            names.append(f"--{key}")
-        names += extra.get(key, [])
-        t = typ.replace("opt_", "")
-        shown = f" [default: {default}]"
-        if t == "bool":
-            g.add_argument(*names, dest=f"r_{key}", action=argparse.BooleanOptionalAction, default=None,
-                           help=help_ + shown)
-        elif t == "floats":
-            g.add_argument(*names, dest=f"r_{key}", type=float, nargs="+", default=None, help=help_ + shown,
-                           metavar="X")
-        else:
-            conv = {"int": int, "float": float, "str": str}.get(t, str)
-            g.add_argument(*names, dest=f"r_{key}", type=conv, default=None, help=help_ + shown,
-                           metavar=key.upper() if len(key) < 14 else "V")
-    g.add_argument("--set", dest="r__set", action="append", default=[], metavar="KEY=VALUE",
-                   help="set any recipe key (value parsed as YAML), e.g. --set scale='[0.5, 1.0]'")
-
-
-def recipe_overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    out = {}
-    for k, v in vars(args).items():
-        if k.startswith("r_") and k != "r__set" and v is not None:
-            out[k[2:]] = v
-    for item in getattr(args, "r__set", []) or []:
-        if "=" not in item:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        out[k.strip().replace("-", "_")] = yaml.safe_load(v)
-    return out

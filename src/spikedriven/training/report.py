@@ -6,8 +6,10 @@ import os
 import time
 from pathlib import Path
 
-import torch
 from torch import nn
+
+from ..energy.profile import profile_model
+from ..probe import firing_rates
 
 __all__ = ["RunLogger", "make_run_dir", "firing_summary", "energy_summary", "plot_curve"]
 
@@ -137,48 +139,22 @@ def plot_curve(csv_path, png_path, title: str = "") -> bool:
     return True
 
 
-@torch.no_grad()
 def firing_summary(model: nn.Module, batches) -> list[tuple[str, float]]:
-    """Mean firing rate of every neuron layer (hooks on LIF / ParametricLIF) over ``batches``."""
-    from ..neuron import LIF, ParametricLIF
-
-    sums: dict[str, list[float]] = {}
-    hooks = []
-    for name, m in model.named_modules():
-        if isinstance(m, (LIF, ParametricLIF)):
-            def hook(mod, inp, out, name=name):
-                s = sums.setdefault(name, [0.0, 0.0])
-                s[0] += float(out.float().sum())
-                s[1] += out.numel()
-            hooks.append(m.register_forward_hook(hook))
-    was = model.training
-    model.eval()
-    try:
-        for x in batches:
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
-    return [(n, s[0] / max(s[1], 1)) for n, s in sums.items()]
+    """Mean firing rate of every neuron layer over ``batches``."""
+    return list(firing_rates(model, batches).items())
 
 
 def energy_summary(model: nn.Module, batches) -> str:
-    """A short energy + firing report: ``spikedriven.energy`` when available, else firing rates only."""
+    """A short energy + firing-rate report of ``model`` on ``batches``."""
     batches = list(batches)
-    try:
-        from ..energy import profile_model
-    except ImportError:
-        profile_model = None
     lines = []
-    if profile_model is not None:
-        try:
-            rep = profile_model(model, batches)
-            lines.append(f"theoretical energy (45 nm, per sample): {rep.total_mj * 1e3:.2f} uJ "
-                         f"= MAC {rep.mac_mj * 1e3:.2f} uJ + AC {rep.ac_mj * 1e3:.2f} uJ; "
-                         f"SOPs {rep.total_sops / 1e6:.2f} M, mean AC input rate {rep.mean_rate:.3f}")
-        except Exception as e:  # noqa: BLE001 - the summary must never fail a finished run
-            lines.append(f"(energy report unavailable: {e})")
+    try:
+        rep = profile_model(model, batches)
+        lines.append(f"theoretical energy (45 nm, per sample): {rep.total_mj * 1e3:.2f} uJ "
+                     f"= MAC {rep.mac_mj * 1e3:.2f} uJ + AC {rep.ac_mj * 1e3:.2f} uJ; "
+                     f"SOPs {rep.total_sops / 1e6:.2f} M, mean AC input rate {rep.mean_rate:.3f}")
+    except Exception as e:  # noqa: BLE001 - the summary must never fail a finished run
+        lines.append(f"(energy report unavailable: {e})")
     rates = firing_summary(model, batches)
     if rates:
         mean = sum(r for _, r in rates) / len(rates)

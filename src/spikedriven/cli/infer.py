@@ -7,18 +7,17 @@ import time
 
 import numpy as np
 
+from .common import add_model_arguments, model_from_args
+
 FMNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 
 
-def add_cli(subparsers) -> None:
-    p = subparsers.add_parser(
+def register(sub) -> None:
+    p = sub.add_parser(
         "infer", help="inference with the event-driven engine (sparse additions) or the dense PyTorch model",
         description="Predict classes for a dataset, images or an event .npz file. With --engine events, print the "
                     "accumulations performed per layer (measured SOPs) next to the energy report's T x rate x FLOPs.")
-    p.add_argument("--model", help="registered model name (default: from the checkpoint's model_kwargs)")
-    p.add_argument("--config", help="YAML config instead of --model")
-    p.add_argument("--checkpoint", help="weights (.pth.tar/.pth/.safetensors)")
-    p.add_argument("--ema", action="store_true")
+    add_model_arguments(p)
     p.add_argument("--engine", choices=["events", "dense"], default="events")
     p.add_argument("--data", default="random",
                    help="fashion-mnist | digits | random | image file(s)/folder | event .npz ([T,C,H,W] or "
@@ -36,14 +35,12 @@ def add_cli(subparsers) -> None:
                    help="normalisation std (default: the training recipe's, else the dataset's, else 0.5)")
     p.add_argument("--show", type=int, default=10, help="print the first N predictions")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_cli)
+    p.set_defaults(func=run)
 
 
 # ------------------------------------------------------------------ model and data
 def load_model(args):
     """Model from --config/--model, else from the checkpoint's ``model_kwargs``; and the checkpoint's metadata."""
-    from ..cli import model_from_args
-
     model, meta = model_from_args(args)
     return model.eval(), meta
 
@@ -53,7 +50,7 @@ def normalisation(meta, args) -> tuple[list[float], list[float], str]:
     `spikedriven train` checkpoint, or a ``preprocess`` entry), else the named dataset's statistics, else 0.5."""
     pre = meta.get("preprocess") if isinstance(meta.get("preprocess"), dict) else {}
     rec = meta.get("recipe") if isinstance(meta.get("recipe"), dict) else {}
-    from ..data import dataset_normalisation
+    from ..data.info import dataset_normalisation
 
     for mean, std, src in ((args.mean, args.std, "--mean/--std"), (pre.get("mean"), pre.get("std"), "checkpoint"),
                            (rec.get("mean"), rec.get("std"), "the run's recipe")):
@@ -122,7 +119,7 @@ def load_data(args, model, meta):
         if cin == 2:
             return g.poisson(0.3, (n, T, cin, size, size)).astype(np.float32), None, f"random events x{n}"
         return g.standard_normal((n, cin, size, size)).astype(np.float32), None, f"random images x{n}"
-    from ..data import DATASET_INFO, canonical_name
+    from ..data.info import DATASET_INFO, canonical_name
 
     if canonical_name(d) in DATASET_INFO and not os.path.exists(d):
         return _recipe_dataset(canonical_name(d), args, meta, lim)
@@ -155,7 +152,7 @@ def load_data(args, model, meta):
 def _recipe_dataset(name, args, meta, lim):
     """Test split of a named dataset, preprocessed exactly as the run that wrote the checkpoint evaluated it
     (its recipe: normalisation, resize, event framing and T); a fixed random subset of --limit samples."""
-    from ..train import recipe_of_run
+    from ..training.api import recipe_of_run
     from ..training.data import build_datasets
 
     rec = meta.get("recipe")
@@ -175,7 +172,7 @@ def _recipe_dataset(name, args, meta, lim):
 
 
 # ------------------------------------------------------------------ command
-def _cli(args) -> int:
+def run(args) -> int:
     import torch
 
     model, meta = load_model(args)
@@ -184,7 +181,7 @@ def _cli(args) -> int:
     t0 = time.perf_counter()
     counts: dict = {}
     if args.engine == "events":
-        from . import compile_model
+        from ..engine import compile_model
 
         eng = compile_model(model, threads=args.threads, backend=args.engine_backend)
         eng.run(x[:1])  # JIT warm-up (cached after the first process)
@@ -222,7 +219,7 @@ def _cli(args) -> int:
     if y is not None:
         print(f"accuracy {float((preds == y[:n]).mean()):.4f}")
     if counts:
-        print(f"per-layer work per sample (measured by the engine; 'nominal' = T x rate x FLOPs incl. padding taps):")
+        print("per-layer work per sample (measured by the engine; 'nominal' = T x rate x FLOPs incl. padding taps):")
         print(f"  {'layer':34s} {'kind':5s} {'in-rate':>8s} {'performed':>14s} {'nominal':>14s}")
         tot = [0, 0]
         for name, (kind, act, neu, acc, nom) in counts.items():

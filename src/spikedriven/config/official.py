@@ -4,14 +4,13 @@ The official train.py loads the YAML with ``yaml.safe_load`` and feeds it to ``a
 - keys are matched against argparse *dest* names (underscores); hyphenated keys such as ``model-ema`` or
   ``mlp-ratio`` silently do nothing there. We keep that meaning and warn about each one;
 - ``dim`` exists only in YAML; ``layer`` is the depth; ``time_steps`` is T;
-- ``dvs_mode`` is derived from the dataset name (cifar10-dvs, cifar10-dvs-tet);
+- ``dvs_mode`` is derived from the dataset name (``spikedriven.data.info.uses_erode``: cifar10-dvs, cifar10-dvs-tet);
 - ``drop_path`` builds DropPath modules that the official forward never calls: released checkpoints were
   trained without stochastic depth, so a model built from an official file gets drop_path_rate=0 (warned).
 """
 from __future__ import annotations
 
 import os
-import warnings
 from typing import Any
 
 import yaml
@@ -22,8 +21,8 @@ __all__ = [
     "ConfigWarning",
     "load_yaml",
     "official_noop_warnings",
+    "OFFICIAL_TO_MODEL",
     "model_kwargs_from_official",
-    "create_model_from_yaml",
 ]
 
 
@@ -52,6 +51,16 @@ OFFICIAL_NOOP_KEYS: dict[str, str] = {
                  "models from official files use drop_path_rate=0 (pass drop_path_rate=... to enable it here)",
     "patch_size": "only used for an unused return value",
     "initial_checkpoint": "parsed but unused",
+}
+
+
+# Official config key -> SpikeDrivenTransformer argument, with the type the official argparse gives it. The one
+# table for official YAML files and for recipe keys (``dim: 256`` in a recipe is ``embed_dim=256``).
+OFFICIAL_TO_MODEL: dict[str, tuple[str, type]] = {
+    "img_size": ("img_size", int), "in_channels": ("in_channels", int), "num_classes": ("num_classes", int),
+    "dim": ("embed_dim", int), "layer": ("depth", int), "num_heads": ("num_heads", int),
+    "mlp_ratio": ("mlp_ratio", float), "time_steps": ("T", int), "pooling_stat": ("pooling_stat", str),
+    "TET": ("tet", bool), "spike_mode": ("spike_mode", str),
 }
 
 
@@ -86,37 +95,13 @@ def model_kwargs_from_official(cfg: dict[str, Any]) -> dict[str, Any]:
     if "dim" not in cfg:
         raise ValueError("official config has no 'dim' key (the embedding dimension exists only in the YAML "
                          "files; every official config sets it)")
+    from ..data.info import uses_erode
+
     g = {**OFFICIAL_DEFAULTS, **{k: v for k, v in cfg.items() if "-" not in str(k)}}
-    dataset = str(g.get("dataset") or "")
     pooling = g["pooling_stat"]
     if not isinstance(pooling, str):  # unquoted 0011 is read by YAML 1.1 as the octal integer 9
         raise ValueError(f"pooling_stat must be a quoted 4-character string such as \"0011\", got {pooling!r} "
                          f"(YAML reads unquoted digits as a number)")
-    return dict(
-        img_size=int(g["img_size"]),
-        in_channels=int(g["in_channels"]),
-        num_classes=int(g["num_classes"]),
-        embed_dim=int(g["dim"]),
-        depth=int(g["layer"]),
-        num_heads=int(g["num_heads"]),
-        mlp_ratio=float(g["mlp_ratio"]),
-        T=int(g["time_steps"]),
-        pooling_stat=str(pooling),
-        dvs_mode=dataset in ("cifar10-dvs", "cifar10-dvs-tet"),
-        tet=bool(g["TET"]),
-        spike_mode=str(g["spike_mode"]),
-        drop_path_rate=0.0,
-    )
-
-
-def create_model_from_yaml(path: str | os.PathLike, warn: bool = True, **overrides):
-    """Build a ``SpikeDrivenTransformer`` from an official (or our) YAML config file."""
-    from .model import SpikeDrivenTransformer
-
-    cfg = load_yaml(path)
-    if warn:
-        for msg in official_noop_warnings(cfg):
-            warnings.warn(f"{path}: {msg}", ConfigWarning, stacklevel=2)
-    kwargs = model_kwargs_from_official(cfg)
-    kwargs.update(overrides)
-    return SpikeDrivenTransformer(**kwargs)
+    kw = {arg: conv(g[key]) for key, (arg, conv) in OFFICIAL_TO_MODEL.items()}
+    kw.update(dvs_mode=uses_erode(str(g.get("dataset") or "")), drop_path_rate=0.0)
+    return kw

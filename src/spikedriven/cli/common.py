@@ -1,0 +1,63 @@
+"""What several commands share: the model arguments and the model they build (through ``models.build_model``)."""
+from __future__ import annotations
+
+import argparse
+
+DEFAULT_MODEL = "sdt_cifar10_2_256"
+
+
+def add_model_arguments(p: argparse.ArgumentParser, what: str = "") -> None:
+    """``--model``, ``-c/--config``, ``--checkpoint``, ``--ema``: the one way commands say which model to use."""
+    g = p.add_argument_group("model" + (f" ({what})" if what else ""))
+    g.add_argument("--model", metavar="NAME",
+                   help=f"registered model name (`spikedriven models`); default: the model a `spikedriven train` "
+                        f"checkpoint describes, else {DEFAULT_MODEL}")
+    g.add_argument("-c", "--config", metavar="YAML",
+                   help="build the model from an official conf/**/*.yml file or one of our recipes instead of --model")
+    g.add_argument("--checkpoint", metavar="FILE", help="weights to load strictly (.pth.tar, .pth, .pt, .safetensors)")
+    g.add_argument("--ema", action="store_true", help="load the checkpoint's EMA weights (state_dict_ema)")
+
+
+def model_from_args(args: argparse.Namespace, **overrides):
+    """``(model, checkpoint meta)`` for the model arguments; ``overrides`` (e.g. ``T=4``) replace constructor
+    arguments. Without --model/--config a checkpoint written by ``spikedriven train`` describes its own model;
+    with nothing at all, the default model is built."""
+    from ..models.factory import build_model
+
+    name, config, ckpt = getattr(args, "model", None), getattr(args, "config", None), getattr(args, "checkpoint", None)
+    if not (name or config or ckpt):
+        name = DEFAULT_MODEL
+    return build_model(name, config=config, checkpoint=ckpt, use_ema=getattr(args, "ema", False), overrides=overrides)
+
+
+class LazyChoices:
+    """argparse ``choices`` computed on first use (so that building the parser does not import torch)."""
+
+    def __init__(self, load):
+        self._load, self._items = load, None
+
+    def _get(self) -> list:
+        if self._items is None:
+            self._items = list(self._load())
+        return self._items
+
+    def __contains__(self, item) -> bool:
+        return item in self._get()
+
+    def __iter__(self):
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+
+def attention_names() -> list[str]:
+    from ..layers.attention import list_attention
+
+    return list_attention("sdt")
+
+
+def shortcut_names() -> tuple[str, ...]:
+    from ..layers.config import SHORTCUTS
+
+    return SHORTCUTS

@@ -1,0 +1,98 @@
+"""``spikedriven energy``: firing rates, FLOPs/SOPs and energy per layer; ``--theory``: VSA vs SSA vs SDSA."""
+from __future__ import annotations
+
+from .common import add_model_arguments, model_from_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "energy", help="firing rates, FLOPs/SOPs and energy per layer; --theory: VSA vs SSA vs SDSA",
+        description="Measured mode (default): run the model over data and report per-layer input firing rates, "
+                    "FLOPs, SOPs, MAC/AC and energy. --uniform-rate R: the same report from shapes only, every "
+                    "AC layer at rate R. --theory: operation counts and energy of VSA, SSA and SDSA.")
+    add_model_arguments(p)
+    p.add_argument("--T", type=int, help="override the number of time steps")
+    p.add_argument("--img-size", type=int, help="input size (default: the model's)")
+    p.add_argument("--data", default="random", help="random | digits | a dataset name for spikedriven.data")
+    p.add_argument("--data-root", help="dataset root for --data NAME")
+    p.add_argument("--batches", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="do not calibrate BatchNorm statistics of an untrained model on the data")
+    p.add_argument("--uniform-rate", type=float, help="no data: every AC layer's input at this rate")
+    p.add_argument("--sdsa-rate", type=float, help="K*V non-zero fraction for --uniform-rate (default rate^2)")
+    p.add_argument("--theory", action="store_true", help="VSA vs SSA vs SDSA comparison and the 87.2x analysis")
+    p.add_argument("--N", type=int, help="tokens for --theory (default: the model's)")
+    p.add_argument("--D", type=int, help="channels for --theory (default: the model's)")
+    p.add_argument("--rate", type=float, default=0.14, help="uniform rate for --theory")
+    p.add_argument("--rate-kv", type=float, help="K*V non-zero fraction for --theory (default rate^2)")
+    p.add_argument("--e-mac", type=float, default=4.6, help="pJ per MAC (default: 4.6, 45 nm fp32)")
+    p.add_argument("--e-ac", type=float, default=0.9, help="pJ per AC (default: 0.9, 45 nm fp32)")
+    p.add_argument("--first-layer-T", action="store_true", help="multiply the encoding layer's MACs by T")
+    p.add_argument("--event-first-layer", choices=["ac", "mac"], default="ac",
+                   help="DVS input: count the encoding layer as ACs weighted by event count (default) or MACs")
+    p.add_argument("--csv", help="write the per-layer report as CSV")
+    p.add_argument("--json", help="write the report as JSON")
+    p.add_argument("--plot", help="write a firing-rate bar chart (PNG)")
+    p.set_defaults(func=run)
+
+
+
+def run(args) -> int:
+    from ..data.samples import sample_batches
+    from ..energy import analyze_87x, energy_from_config, profile_model, theoretical_report
+    from ..probe import bn_is_calibrated, calibrate_bn
+
+    overrides = {"T": args.T} if args.T else {}
+    if args.theory:
+        if args.N and args.D:
+            N, D, T, L = args.N, args.D, args.T or 4, 1
+        else:
+            m = model_from_args(args, **overrides)[0]
+            N = args.N or ((args.img_size or m.img_size) // m.downsample) ** 2
+            D, T, L = args.D or m.embed_dim, m.T, m.depth
+        print(theoretical_report(N, D, T, rate=args.rate, rate_kv=args.rate_kv, e_mac=args.e_mac, e_ac=args.e_ac))
+        print(f"\n(x {L} blocks for the whole network)" if L > 1 else "")
+        print(f"\nthe paper's 'up to 87.2x': which assumption gives it? (N={N}, D={D}, T={T})")
+        for h in analyze_87x(N, D, T, rate=args.rate, rate_kv=args.rate_kv or 0.02, e_mac=args.e_mac, e_ac=args.e_ac):
+            print(f"  {h['ratio']:12.1f}x  {h['hypothesis']}\n{'':17s}at {h['free_parameter']} = {h['value_used']:.4g}; "
+                  f"87.2x needs {h['free_parameter']} = {h['value_for_target']:.4g}")
+        return 0
+    if args.uniform_rate is not None:
+        if args.config or not args.model:  # a YAML, a checkpoint that names its model, or the default
+            rep = energy_from_config(model_from_args(args, **overrides)[0], args.uniform_rate, sdsa_rate=args.sdsa_rate,
+                                     e_mac=args.e_mac, e_ac=args.e_ac, first_layer_T=args.first_layer_T,
+                                     img_size=args.img_size)
+        else:
+            rep = energy_from_config(args.model, args.uniform_rate, sdsa_rate=args.sdsa_rate, e_mac=args.e_mac,
+                                     e_ac=args.e_ac, first_layer_T=args.first_layer_T, img_size=args.img_size,
+                                     **overrides)
+    else:
+        model = model_from_args(args, **overrides)[0]
+        size = args.img_size or model.img_size
+        if not args.no_calibrate and not bn_is_calibrated(model):
+            calib = list(sample_batches(model, args.data, args.data_root, args.batches, args.batch_size, size, args.seed))
+            calibrate_bn(model, calib)
+            print("untrained model: BatchNorm statistics calibrated on the data so that neurons fire")
+            batches = calib
+        else:
+            batches = sample_batches(model, args.data, args.data_root, args.batches, args.batch_size, size, args.seed)
+        rep = profile_model(model, batches, e_mac=args.e_mac, e_ac=args.e_ac, first_layer_T=args.first_layer_T,
+                            event_first_layer=args.event_first_layer)
+        rep.notes.append(f"data: {args.data}, {rep.n_samples} samples at {size}x{size}")
+    print(rep.table())
+    if args.csv:
+        rep.to_csv(args.csv)
+        print(f"wrote {args.csv}")
+    if args.json:
+        rep.to_json(args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        from ..viz import plot_firing_rates
+
+        plot_firing_rates(rep, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+

@@ -1,0 +1,179 @@
+"""Small building blocks shared by the model families: time folding, NHWC layout, spike-input convs, primitives.
+
+Tensors are time-major ``[T, B, C, H, W]``. Convs/BNs see ``[T*B, C, H, W]`` (so BN statistics are over
+T*B*H*W, as in the official code). The elementary attention operations are parameter-free modules so that
+forward hooks (verifier, energy report, pictures) can see exactly what they compute on.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+
+def seq(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply a per-frame module (conv, BN, pool) to a ``[T, B, ...]`` tensor by folding T into the batch."""
+    T, B = x.shape[:2]
+    y = module(x.flatten(0, 1))
+    return y.reshape(T, B, *y.shape[1:])
+
+
+def nhwc(x: torch.Tensor) -> torch.Tensor:
+    """``[T, B, C, H, W]`` with NHWC storage per frame (returned as is when it already has it)."""
+    return x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+
+
+_nhwc = nhwc
+
+
+def time_major_input(x: torch.Tensor, T: int, in_channels: int, stride: int, channels_last: bool,
+                     why: str) -> torch.Tensor:
+    """Validate a model input and return ``[T, B, C, H, W]`` (static ``[B,C,H,W]`` repeated T times, event frames
+    ``[B,T,C,H,W]`` transposed). ``stride``: H and W must be divisible by it (``why`` says why)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor input, got {type(x).__name__}")
+    if x.ndim not in (4, 5):
+        raise ValueError(
+            f"expected input of rank 4 [B, C, H, W] (static image) or rank 5 [B, T, C, H, W] (event frames), "
+            f"got rank {x.ndim} with shape {tuple(x.shape)}"
+        )
+    if not x.is_floating_point():
+        raise TypeError(
+            f"expected a floating-point input (float32/bfloat16/float16), got {x.dtype}; "
+            f"convert images with x.float() (and normalise them) first"
+        )
+    c, h, w = x.shape[-3:]
+    if c != in_channels:
+        raise ValueError(f"expected {in_channels} input channels (dim -3), got {c} in shape {tuple(x.shape)}")
+    if h % stride or w % stride:
+        raise ValueError(
+            f"input height and width must be divisible by {stride} ({why}), got {h}x{w}; "
+            f"e.g. use {math.ceil(h / stride) * stride}x{math.ceil(w / stride) * stride}"
+        )
+    if x.ndim == 5 and x.shape[1] != T:
+        raise ValueError(
+            f"event input [B, T, C, H, W] must have T={T} frames (dim 1), got {x.shape[1]}; "
+            f"re-frame the events or build the model with T={x.shape[1]}"
+        )
+    if not x.is_meta and not torch.isfinite(x).all():
+        bad = (~torch.isfinite(x)).sum().item()
+        raise ValueError(f"input contains {bad} NaN/inf value(s); the network needs finite inputs")
+    xt = x.unsqueeze(0).expand(T, *x.shape) if x.ndim == 4 else x.transpose(0, 1)
+    # channels_last: materialise [T,B,C,H,W] with NHWC storage, so every [T*B,C,H,W] view is NHWC for free
+    return nhwc(xt) if channels_last else xt
+
+
+
+class _TokenMeanNHWC(torch.autograd.Function):
+    """Mean over the token axes of an NHWC-stored ``[T, B, C, H, W]``. Autograd's own backward is an expanded
+    NCHW view; added into the residual path it turns every gradient upstream of the head NCHW, and PyTorch's
+    BatchNorm backward on an NHWC input with an NCHW gradient is about 2x slower (SDT 1-128 training step: BN
+    23-27 -> 13-16 ms). This backward materialises the gradient once, in NHWC storage."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.shape = x.shape
+        return x.flatten(3).mean(3)
+
+    @staticmethod
+    def backward(ctx, g):
+        T, B, C, H, W = ctx.shape
+        return _nhwc((g / (H * W))[..., None, None].expand(T, B, C, H, W))
+
+
+def token_mean(x: torch.Tensor, nhwc_grad: bool = False) -> torch.Tensor:
+    """``[T, B, C, H, W] -> [T, B, C]`` mean over tokens; ``nhwc_grad``: its gradient comes back NHWC-stored."""
+    if nhwc_grad and torch.is_grad_enabled() and x.requires_grad:
+        return _TokenMeanNHWC.apply(x)
+    return x.flatten(3).mean(3)
+
+
+def erode(x: torch.Tensor) -> torch.Tensor:
+    """DVS-mode "Erode" of the official code: a 3x3 max over the last two axes of a 5-D tensor (stride 1).
+
+    PyTorch's 3-D pooling reads a 5-D tensor as (N, C, D, H, W), so for ``[T,B,C,H,W]`` this is a spatial
+    dilation per channel and for the head layout ``[T,B,h,N,d]`` a max over neighbouring (token, lane) pairs.
+    """
+    return F.max_pool3d(x, kernel_size=(1, 3, 3), stride=1, padding=(0, 1, 1))
+
+
+def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Stochastic depth on a ``[T, B, ...]`` branch output: one keep/drop decision per sample, shared over T."""
+    if p == 0.0 or not training:
+        return x
+    keep = 1.0 - p
+    mask = x.new_empty((1, x.shape[1]) + (1,) * (x.ndim - 2)).bernoulli_(keep)
+    return x * mask / keep
+
+
+# --------------------------------------------------------------------------------------------------
+# Convolution on spike input that keeps its saved input as uint8 (spikes are exactly 0/1: lossless, 4x smaller)
+# --------------------------------------------------------------------------------------------------
+class _SpikeConvFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups, dtype):
+        if dtype is not None:  # autocast: run (and later differentiate) in the autocast dtype
+            x, w, b = x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
+        else:
+            w, b = weight, bias
+        ctx.save_for_backward(x.to(torch.uint8), w)
+        ctx.conf = (x.dtype, stride, padding, dilation, groups, bias is not None, weight.dtype)
+        return F.conv2d(x, w, b, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, grad):
+        xq, w = ctx.saved_tensors
+        x_dtype, stride, padding, dilation, groups, has_bias, w_dtype = ctx.conf
+        x = xq.to(x_dtype)  # .to keeps the (channels_last) strides
+        gi, gw, gb = torch.ops.aten.convolution_backward(
+            grad.to(x_dtype), x, w, [w.shape[0]] if has_bias else None, list(stride), list(padding), list(dilation),
+            False, [0, 0], groups, [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+                                    has_bias and ctx.needs_input_grad[2]])
+        return (gi, None if gw is None else gw.to(w_dtype), None if gb is None else gb.to(w_dtype), None, None,
+                None, None, None)
+
+
+class SpikeConv2d(nn.Conv2d):
+    """``nn.Conv2d`` for binary spike inputs: identical math and state_dict; in training the input saved for
+    the backward pass is stored as uint8 instead of float (``compact=False`` or a non-binary-input variant turns
+    it off). Only used where the model guarantees 0/1 inputs."""
+
+    def __init__(self, *args, compact: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._compact_allowed = compact  # False where the input may be non-binary (SEW sums, softmax output)
+        self.compact = compact
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.compact and torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)) \
+                or self.padding_mode != "zeros" or isinstance(self.padding, str):
+            return super().forward(x)
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else None
+        return _SpikeConvFn.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
+                                  dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# Elementary SDSA operations as (parameter-free) modules, so hooks can prove what they compute on.
+# --------------------------------------------------------------------------------------------------
+class SpikeMask(nn.Module):
+    """Hadamard product of two tensors; between binary spike tensors it is a mask (logical AND)."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a * b
+
+
+class TokenSum(nn.Module):
+    """Column sum over the token axis (dim -2, keepdim): on binary input, counting = additions only."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.sum(dim=-2, keepdim=True)
+
+
+class SpikeMatmul(nn.Module):
+    """Matrix product ``a @ b`` (used by the non-spike-driven SSA/softmax comparison variants)."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a @ b

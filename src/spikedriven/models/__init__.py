@@ -1,0 +1,17 @@
+"""Model families, their registry and the one model factory.
+
+    registry.py   families and named configurations with metadata (``list_models``, ``model_info``)
+    factory.py    ``build_model`` / ``create_model``: registry name, YAML, recipe or checkpoint -> model
+    sdt.py        Spike-driven Transformer (V1, NeurIPS 2023) and its zoo
+
+Importing this package registers every family.
+"""
+from . import sdt  # noqa: F401  (registers the family and its zoo)
+from .factory import ModelSpec, build_model, create_model, instantiate, spec_from_checkpoint, spec_from_name
+from .registry import (ModelFamily, ModelInfo, family, list_families, list_models, model_info, register_family,
+                       register_model)
+from .sdt import SpikeDrivenTransformer
+
+__all__ = ["SpikeDrivenTransformer", "ModelFamily", "ModelInfo", "ModelSpec", "build_model", "create_model",
+           "instantiate", "spec_from_checkpoint", "spec_from_name", "family", "list_families", "list_models",
+           "model_info", "register_family", "register_model"]

@@ -1,0 +1,151 @@
+"""Training and evaluation API: ``train(recipe, **overrides)``, ``evaluate_checkpoint(...)``.
+
+The commands ``spikedriven train`` / ``spikedriven eval`` (``spikedriven.cli.train``) sit on top of this:
+
+    spikedriven train                                   # the digits main job (embedded data, ~2 min on 2 cores)
+    spikedriven train -c fashion_mnist                   # one of our recipes (src/spikedriven/configs/*.yml)
+    spikedriven train -c conf/cifar10/2_512_300E_t4.yml  # an official config, official key semantics
+    spikedriven train -c cifar10_2_256 --epochs 50 --lr 5e-4 --amp   # any recipe key on the command line
+    spikedriven train --resume runs/<run>                # continue exactly (bit-identical on CPU)
+    torchrun --standalone --nproc_per_node=4 -m spikedriven.cli train -c cifar10_2_512   # DDP
+    spikedriven eval --checkpoint runs/<run>/best.pt     # top-1 / top-5 / loss on the test split
+    spikedriven eval --config conf/imagenet/8_768_300E_t4.yml --checkpoint 8_768.pth.tar --data-dir /data/in1k
+
+The machinery lives in the modules beside this one; see docs/training.md.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .recipe import DEFAULT_CONFIG, Recipe, resolve_recipe
+
+__all__ = ["train", "evaluate_checkpoint", "recipe_of_run", "read_resume_recipe", "DEFAULT_CONFIG"]
+
+
+def _recipe_for(config, overrides: dict, warn: bool = True) -> Recipe:
+    overrides = dict(overrides or {})
+    if isinstance(config, Recipe):
+        if not overrides:
+            return copy.deepcopy(config)
+        return resolve_recipe(config.resolved_dict(), overrides, warn=False)
+    resume = overrides.get("resume")
+    if config is None and resume:
+        ck = read_resume_recipe(resume)
+        if ck is not None:
+            return recipe_of_run(ck, overrides)
+    return resolve_recipe(config if config is not None else DEFAULT_CONFIG, overrides, warn=warn)
+
+
+def recipe_of_run(recipe: dict, overrides: dict | None = None) -> Recipe:
+    """The recipe a checkpoint of ``spikedriven train`` stores, with ``overrides`` applied. Run-control keys of the
+    invocation that wrote it (resume, stop_after_steps, start_epoch) are not inherited."""
+    base = Recipe(recipe).resolved_dict(drop=("resume", "stop_after_steps", "start_epoch"))
+    return resolve_recipe(base, dict(overrides or {}), warn=False)
+
+
+def read_resume_recipe(resume) -> dict | None:
+    p = Path(resume)
+    if p.is_dir():
+        p = p / "last.pt"
+    if not p.exists():
+        raise FileNotFoundError(f"resume checkpoint not found: {p}")
+    from ..checkpoint import SAFE_GLOBALS
+
+    with torch.serialization.safe_globals(SAFE_GLOBALS):
+        ck = torch.load(p, map_location="cpu", weights_only=True)
+    return ck.get("recipe") if isinstance(ck, dict) else None
+
+
+def train(config: str | os.PathLike | dict | None = None, datasets: dict | None = None, print_fn=print,
+          summary: bool | None = None, **overrides) -> dict:
+    """Train a recipe and return its final metrics (``top1``, ``top5``, ``run_dir``, ``history``, ...).
+
+    ``config``: one of our recipe names, a YAML path (ours or official) or a dict; ``overrides``: recipe keys.
+    ``datasets``: optional ``{"train", "test"}`` datasets to use instead of ``spikedriven.data``.
+    """
+    from .distributed import cleanup
+    from .loop import Trainer
+
+    r = _recipe_for(config, overrides)
+    trainer = Trainer(r, datasets=datasets, print_fn=print_fn)
+    try:
+        result = trainer.fit()
+        do_summary = r.get("summary") if summary is None else summary
+        if trainer.env.is_main and do_summary and not result.get("stopped"):
+            try:
+                text = trainer.summary()
+            except Exception as e:  # noqa: BLE001 - a summary must never fail a finished run
+                text = f"(summary unavailable: {e})"
+            result["summary"] = text
+        result["trainer"] = trainer
+        return result
+    finally:
+        if trainer.env.distributed:
+            cleanup(trainer.env)
+
+
+# ------------------------------------------------------------------------------------------- eval
+def evaluate_checkpoint(checkpoint: str | None = None, model_name: str | None = None, config: str | None = None,
+                        dataset: str | None = None, data_dir: str | None = None, use_ema: bool = False,
+                        batch_size: int = 64, workers: int = 2, max_samples: int | None = None, amp: bool = False,
+                        device: str = "auto", progress: bool = True, overrides: dict | None = None) -> dict:
+    """Top-1 / top-5 / loss of a checkpoint (ours or official) on a dataset's test split.
+
+    The model comes from ``model_name`` / ``config`` / the checkpoint itself (``models.build_model``); the data
+    pipeline from the recipe: the config's, the checkpoint's own (``spikedriven train`` checkpoints carry it), or
+    the registered model's recipe.
+    """
+    from ..models.factory import build_model
+    from ..models.registry import model_info
+    from .data import build_datasets, build_loaders
+    from .distributed import init_distributed
+    from .loop import evaluate
+
+    ov = dict(overrides or {})
+    if not (checkpoint or model_name or config):
+        raise ValueError("eval needs --checkpoint (ours), or --model NAME / --config YAML (with --checkpoint)")
+    r = resolve_recipe(config, ov) if config is not None else None
+    model, meta = build_model(model_name, recipe=r, checkpoint=checkpoint, use_ema=use_ema)
+    if r is None and model_name is not None:
+        info = model_info(model_name)
+        base: dict[str, Any] = {"dataset": info.dataset, "model": model_name}
+        if info.recipe:
+            try:
+                base = dict(resolve_recipe(info.recipe, warn=False, fill_dataset=False))
+                base["model"] = model_name
+            except FileNotFoundError:
+                pass
+        r = resolve_recipe(base, ov, warn=False)
+    elif r is None:
+        rec = meta.get("recipe") if isinstance(meta.get("recipe"), dict) else meta.get("args")
+        rec = {k: v for k, v in (rec or {}).items() if not str(k).startswith("_") and "-" not in str(k)
+               and k != "resume"}
+        r = resolve_recipe(rec, ov, warn=False)
+    if dataset:
+        base = {k: v for k, v in r.items() if not str(k).startswith("_")}
+        base.update(dataset=dataset, mean=None, std=None)
+        r = resolve_recipe(base, ov, warn=False)
+    if data_dir:
+        r["data_dir"] = data_dir
+    r["val_batch_size"], r["workers"], r["max_eval_samples"] = batch_size, workers, max_samples
+    r.adopt_model(model)
+    r["img_size"], r["in_channels"] = model.img_size, model.in_channels
+    env = init_distributed(device)
+    model.to(env.device)
+    ds = build_datasets(r, splits=("test",))
+    loader = build_loaders(r, ds, env.rank, env.world)["test"]
+    ctx = None
+    if amp:
+        dt = torch.float16 if env.device.type == "cuda" else torch.bfloat16
+        ctx = lambda: torch.autocast(env.device.type, dtype=dt)  # noqa: E731
+    t0 = time.time()
+    res = evaluate(model, loader, env.device, env, ctx, progress=progress and env.is_main)
+    res["time_s"] = time.time() - t0
+    res["dataset"] = r.dataset_name
+    return res
