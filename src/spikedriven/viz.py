@@ -25,6 +25,14 @@ def _plt():
     return plt
 
 
+def _save(fig, path, dpi: int):
+    """Lay out, write and close a figure; returns ``path``."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    _plt().close(fig)
+    return path
+
+
 _KIND_COLORS = {"conv": "tab:blue", "linear": "tab:green", "sdsa": "tab:red", "matmul": "tab:purple"}
 
 
@@ -55,10 +63,7 @@ def plot_firing_rates(report, path, title: str | None = None):
     ax.legend(handles, [k for k in _KIND_COLORS if any(l.kind == k for l in layers)], fontsize=7, loc="upper right")
     ax.set_title(title or f"{report.model}: input firing rate per layer (dots: per time step), "
                           f"total {report.total_mj:.3f} mJ", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path, 120)
 
 
 @torch.no_grad()
@@ -101,10 +106,7 @@ def plot_spike_raster(model: nn.Module, x: torch.Tensor, layer_name: str, path, 
     ax.set_ylabel(f"neuron (of {flat.shape[1]} in the layer)")
     ax.set_title(f"{layer_name}: spikes of {len(neurons)} neurons, sample {sample}, "
                  f"layer rate {float(flat.mean()):.3f}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path, 120)
 
 
 @torch.no_grad()
@@ -193,7 +195,4 @@ def plot_attention_maps(model: nn.Module, image: torch.Tensor, path, block: int 
             a.imshow(up(m), cmap="jet", alpha=alpha, vmin=0, vmax=qmax if key == "q" else max(float(m.max()), 1.0))
             a.set_title(f"{name}, t={t} ({int(m.sum())} spikes)", fontsize=7)
     fig.suptitle(f"SDSA of block {block}: token maps {Hp}x{Wp} upsampled to {H}x{W}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, 110)

@@ -155,18 +155,11 @@ class SpikeDrivenSelfAttention(QKVAttention):
 
 
 @register_attention
-class SpikeDrivenSelfAttentionV1(QKVAttention):
-    """SDSA Version 1 of the paper: Y = SN_0.5(SUM_tokens(Q ⊙ K)) ⊙ V."""
+class SpikeDrivenSelfAttentionV1(SpikeDrivenSelfAttention):
+    """SDSA Version 1 of the paper: Y = SN_0.5(SUM_tokens(Q ⊙ K)) ⊙ V (the mask is built from Q and K)."""
 
     name = "sdsa_v1"
-    spike_driven = True
-    output = "binary"
-    operator_ops = "masks (AND) and additions (column sums)"
     formula = "SN(Σ_tokens(Q ⊙ K)) ⊙ V"
-
-    def __init__(self, cfg: BlockConfig):
-        super().__init__(cfg)
-        self.mask_kv, self.mask_q, self.token_sum = SpikeMask(), SpikeMask(), TokenSum()
 
     def attention(self, q, k, v):
         qk = self.mask_kv(q, k)
@@ -175,8 +168,16 @@ class SpikeDrivenSelfAttentionV1(QKVAttention):
         return self.mask_q(self.talking_heads_lif(self.token_sum(qk)), v)
 
 
+class _MatmulAttention(QKVAttention):
+    """Variants whose operator multiplies matrices (the comparison baselines): Q Kᵀ, then with V."""
+
+    def __init__(self, cfg: BlockConfig):
+        super().__init__(cfg)
+        self.matmul_qk, self.matmul_av = SpikeMatmul(), SpikeMatmul()
+
+
 @register_attention
-class SpikingSelfAttention(QKVAttention):
+class SpikingSelfAttention(_MatmulAttention):
     """Spikformer's SSA (ablation): Y = SN_0.5(Q Kᵀ V · 0.125): integer matmuls and a scale multiplication."""
 
     name = "ssa"
@@ -185,17 +186,13 @@ class SpikingSelfAttention(QKVAttention):
     operator_ops = "integer matrix products (N x N) and a scale multiplication"
     formula = "SN(Q Kᵀ V · 0.125)"
 
-    def __init__(self, cfg: BlockConfig):
-        super().__init__(cfg)
-        self.matmul_qk, self.matmul_av = SpikeMatmul(), SpikeMatmul()
-
     def attention(self, q, k, v):
         attn = self.matmul_qk(q, k.transpose(-2, -1))  # [T,B,h,N,N] integer
         return self.attn_lif(self.matmul_av(attn, v) * self.scale)
 
 
 @register_attention
-class SoftmaxAttention(QKVAttention):
+class SoftmaxAttention(_MatmulAttention):
     """Vanilla self-attention on spike Q/K/V (ablation): Y = softmax(Q Kᵀ / sqrt(d)) V, real-valued output."""
 
     name = "softmax"
@@ -203,10 +200,6 @@ class SoftmaxAttention(QKVAttention):
     output = "real"
     operator_ops = "multiply-accumulates, scale and softmax"
     formula = "softmax(Q Kᵀ / √d) V"
-
-    def __init__(self, cfg: BlockConfig):
-        super().__init__(cfg)
-        self.matmul_qk, self.matmul_av = SpikeMatmul(), SpikeMatmul()
 
     def attention(self, q, k, v):
         d = q.shape[-1]
