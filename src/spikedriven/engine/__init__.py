@@ -32,13 +32,24 @@ def _require_numba():
         )
 
 
+def _require_cpu_model(model) -> None:
+    """Refuse a model that is not on the CPU with one clear line (the engine's kernels are numba / C++ CPU code)."""
+    devices = {t.device for t in (*model.parameters(), *model.buffers())}
+    other = sorted(str(d) for d in devices if d.type != "cpu")
+    if other:
+        raise ValueError(f"spikedriven.engine is a CPU engine (numba / C++ kernels) and cannot run a model on "
+                         f"{', '.join(other)}; compile a CPU copy: compile_model(copy.deepcopy(model).cpu())")
+
+
 def compile_model(model, threads: int | None = None, backend: str = "auto"):
     """Compile a (trained) ``SpikeDrivenTransformer`` into an :class:`EventEngine` (eval semantics).
 
     BatchNorm is folded into the convs; the model itself is not modified. ``threads``: threads used by each run
     (None: all cores). ``backend``: ``"cpp"`` (C++ kernels for the neuron and accumulation layers, compiled on
     first use), ``"numba"`` (numba only) or ``"auto"`` (``cpp`` if it builds); the results are bit-identical.
+    The engine runs on the CPU only: a model with parameters or buffers on another device (CUDA, meta) is refused.
     """
+    _require_cpu_model(model)
     _require_numba()
     from .compiler import compile_plan
     from .executor import EventEngine

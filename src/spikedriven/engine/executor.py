@@ -160,6 +160,9 @@ class EventEngine:
             import torch
 
             if isinstance(x, torch.Tensor):
+                if x.device.type != "cpu":
+                    raise ValueError(f"spikedriven.engine is a CPU engine (numba / C++ kernels) and cannot run an "
+                                     f"input on {x.device}; pass x.cpu()")
                 x = x.detach().to("cpu", torch.float32).numpy()
         except ImportError:  # pragma: no cover
             pass
