@@ -80,6 +80,7 @@ class CppExtension:
     def _build_name(self, cflags: list[str]) -> str:
         h = hashlib.sha256()
         h.update(self.src.read_bytes())
+        h.update(str(self.src.resolve()).encode())  # torch records the source path: one build per checkout
         h.update(" ".join(cflags).encode())
         h.update(torch.__version__.encode())
         try:
