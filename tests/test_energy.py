@@ -217,15 +217,28 @@ def test_cli_uniform_rate_and_theory(capsys, tmp_path):
 
 
 def test_measured_report_normalises_like_training():
-    """--data NAME feeds the model the dataset's own mean/std (as the recipe's eval transform), not 0.5/0.5."""
+    """--data NAME feeds the model the test split through the recipe's own eval transform (the dataset's mean/std,
+    not 0.5/0.5)."""
+    from types import SimpleNamespace
+
+    from spikedriven.cli.energy import _batches
     from spikedriven.data import dataset_normalisation as _dataset_norm
-    from spikedriven.data.samples import to_model_input as _to_model_input
+    from spikedriven.training.data import build_datasets
+    from spikedriven.training.recipe import resolve_recipe
 
     assert _dataset_norm("fmnist") == ((0.2860,), (0.3530,)) and _dataset_norm("digits") == ((0.3050,), (0.3800,))
     assert _dataset_norm("imagenet")[0] != 0.5  # ImageNet statistics
     assert _dataset_norm("gesture") == (0.5, 0.5)  # event frames: no normalisation defined
-    m = create_model("sdt_fmnist_1_128")
-    x = torch.full((1, 1, 28, 28), 0.2860)
-    x[0, 0, 0, 1] += 0.3530
-    y = _to_model_input(x, m, 28, *_dataset_norm("fashion-mnist"))
-    assert torch.allclose(y[0, 0, 0, :2], torch.tensor([0.0, 1.0]), atol=1e-6)
+    m = create_model("sdt_digits_1_64")
+    args = SimpleNamespace(data="digits", batches=1, batch_size=3, seed=0, config=None, data_root=None, img_size=None)
+    (x,), where = _batches(args, m, {}, 16)
+    ds = build_datasets(resolve_recipe("digits"), splits=("test",))["test"]
+    assert "the registered recipe of sdt_digits_1_64" in where and x.shape == (3, 1, 16, 16)
+    assert any(torch.equal(x[0], ds[i][0]) for i in range(len(ds)))  # one of the recipe's own test inputs
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import InterpolationMode
+
+    img = ds.base[0][0]  # the raw 8x8 test image (PIL)
+    mean, std = _dataset_norm("digits")
+    want = TF.normalize(TF.to_tensor(TF.resize(img, [16, 16], InterpolationMode.BICUBIC)), mean, std)
+    torch.testing.assert_close(ds[0][0], want, atol=1e-5, rtol=0)  # resized and normalised as trained

@@ -250,9 +250,10 @@ def test_cli_infer(tmp_path, capsys):
     from spikedriven.cli import main
 
     model, x = _calibrated(6)
-    ck = tmp_path / "m.pth"
-    torch.save({"state_dict": model.state_dict(), "model_kwargs": dict(
-        img_size=16, in_channels=1, num_classes=5, embed_dim=32, depth=1, T=3, pooling_stat="0011")}, ck)
+    ck, bare = tmp_path / "m.pth", tmp_path / "bare.pth"
+    kw = dict(img_size=16, in_channels=1, num_classes=5, embed_dim=32, depth=1, T=3, pooling_stat="0011")
+    torch.save({"state_dict": model.state_dict(), "model_kwargs": kw, "recipe": {"dataset": "digits"}}, ck)
+    torch.save({"state_dict": model.state_dict(), "model_kwargs": kw}, bare)
     assert main(["infer", "--checkpoint", str(ck), "--engine", "events", "--data", "digits", "--limit", "8"]) == 0
     out = capsys.readouterr().out
     assert "predictions:" in out and "block.0.mlp.fc1_conv" in out and "accuracy" in out
@@ -260,6 +261,11 @@ def test_cli_infer(tmp_path, capsys):
     ev = tmp_path / "ev.npz"
     np.savez(ev, frames=np.random.default_rng(0).poisson(0.3, (3, 1, 16, 16)).astype(np.float32))
     assert main(["infer", "--checkpoint", str(ck), "--data", str(ev)]) == 0
+    capsys.readouterr()
+    # no recipe: model-ready frames and random inputs still work, a dataset is refused instead of guessed
+    assert main(["infer", "--checkpoint", str(bare), "--engine", "dense", "--data", str(ev)]) == 0
+    assert main(["infer", "--checkpoint", str(bare), "--data", "digits", "--limit", "8"]) == 2
+    assert "the checkpoint holds no recipe" in capsys.readouterr().err
 
 
 def test_infer_dataset_by_name_uses_the_runs_recipe(tmp_path):
@@ -268,7 +274,8 @@ def test_infer_dataset_by_name_uses_the_runs_recipe(tmp_path):
     from argparse import Namespace
 
     from spikedriven.checkpoint import load_checkpoint
-    from spikedriven.cli.infer import _recipe_dataset, load_model
+    from spikedriven.cli.common import model_from_args
+    from spikedriven.cli.infer import load_data
     from spikedriven.train import train
     from spikedriven.training.data import build_datasets
     from spikedriven.training.recipe import Recipe
@@ -278,38 +285,52 @@ def test_infer_dataset_by_name_uses_the_runs_recipe(tmp_path):
                      workers=0, progress=False, tensorboard=False, plot=False, summary=False, threads=1),
                 output=str(tmp_path), experiment="r", print_fn=lambda *_: None)
     ck = os.path.join(res["run_dir"], "best.pt")
-    args = Namespace(checkpoint=ck, model=None, config=None, ema=False, data="digits", data_dir=None, seed=0)
-    model, meta = load_model(args)
-    x, y, desc = _recipe_dataset("digits", args, meta, 0)
-    ds = build_datasets(Recipe(load_checkpoint(ck)[1]["recipe"]), splits=("test",))["test"]
-    assert x.shape == (len(ds), 1, 8, 8) and "digits test" in desc
-    np.testing.assert_array_equal(x[3], np.asarray(ds[3][0]))  # the run's own eval transform
+    args = Namespace(checkpoint=ck, model=None, config=None, ema=False, data="digits", data_dir=None, seed=0, limit=0)
+    model, meta = model_from_args(args)
+    x, y, desc = load_data(args, model, meta)
+    rec = Recipe(load_checkpoint(ck)[1]["recipe"])
+    rec["max_eval_samples"] = None  # the whole split (the run evaluated a 32-sample subset)
+    ds = build_datasets(rec, splits=("test",))["test"]
+    assert x.shape == (len(ds), 1, 8, 8) and "digits test" in desc and "the run's recipe" in desc
+    np.testing.assert_array_equal(x[3].numpy(), np.asarray(ds[3][0]))  # the run's own eval transform
+    assert int(y[3]) == ds[3][1]
     bare = tmp_path / "bare.pth"
     torch.save({"state_dict": model.state_dict(), "model_kwargs": meta["model_kwargs"]}, bare)
     args.checkpoint = str(bare)
-    _, meta2 = load_model(args)
-    with pytest.raises(ValueError, match="needs a checkpoint written by `spikedriven train`"):
-        _recipe_dataset("digits", args, meta2, 4)
+    model2, meta2 = model_from_args(args)
+    with pytest.raises(ValueError, match="the checkpoint holds no recipe"):
+        load_data(args, model2, meta2)
 
 
 def test_infer_images_are_normalised_like_training(tmp_path):
-    """`--data digits|fashion-mnist|IMAGES` normalise with the training recipe's mean/std (not 0.5/0.5, which
-    silently cost a Fashion-MNIST model 25 points); without a recipe, the dataset's statistics; --mean/--std win."""
+    """`--data digits|IMAGES` go through the recipe's eval transform (the recipe's mean/std, not 0.5/0.5, which
+    silently cost a Fashion-MNIST model 25 points; resized as training resized, not padded, which made 97% digits
+    models score 24%); without a recipe they are refused."""
     from argparse import Namespace
 
-    from sklearn.datasets import load_digits
+    import torchvision.transforms.functional as TF
+    from PIL import Image
+    from torchvision.transforms import InterpolationMode
 
-    from spikedriven.cli.infer import load_data, normalisation
+    from spikedriven.cli.infer import load_data
+    from spikedriven.data import create_dataset
 
-    kw = dict(img_size=8, in_channels=1, num_classes=10, embed_dim=16, depth=1, num_heads=2, T=2,
+    kw = dict(img_size=16, in_channels=1, num_classes=10, embed_dim=16, depth=1, num_heads=2, T=2,
               pooling_stat="0011")
     model = SpikeDrivenTransformer(**kw)
-    meta = {"model_kwargs": kw, "recipe": {"dataset": "digits", "mean": [0.25], "std": [0.5]}}
-    args = Namespace(data="digits", limit=5, mean=None, std=None, seed=0)
+    meta = {"model_kwargs": kw, "recipe": {"dataset": "digits", "mean": [0.25], "std": [0.5],
+                                           "interpolation": "bilinear"}}
+    args = Namespace(data="digits", limit=0, seed=0, config=None, data_dir=None)
     x, y, desc = load_data(args, model, meta)
-    raw = load_digits().images[:5, None].astype(np.float32) / 16.0
-    np.testing.assert_allclose(x, (raw - 0.25) / 0.5, rtol=1e-6)
-    assert list(y) == list(load_digits().target[:5]) and "the run's recipe" in desc
-    assert normalisation({}, args)[:2] == ([0.305], [0.38])  # digits statistics (DATASET_INFO)
-    assert normalisation({}, Namespace(data="a.png", mean=None, std=None))[:2] == ([0.5], [0.5])
-    assert normalisation(meta, Namespace(data="digits", mean=[0.1], std=[0.2]))[:2] == ([0.1], [0.2])
+    test = create_dataset("digits", split="test")
+    img = test[4][0]
+    want = TF.normalize(TF.to_tensor(TF.resize(img, [16, 16], InterpolationMode.BILINEAR)), [0.25], [0.5])
+    torch.testing.assert_close(x[4], want, atol=1e-5, rtol=0)
+    assert int(y[4]) == test[4][1] and len(y) == len(test) and "the run's recipe" in desc
+    png = tmp_path / "a.png"
+    img.save(png)
+    xi, _, _ = load_data(Namespace(data=str(png), limit=0, seed=0, config=None, data_dir=None), model, meta)
+    torch.testing.assert_close(xi[0], want, atol=1e-5, rtol=0)  # an image file: the same transform
+    for data in ("digits", str(png)):
+        with pytest.raises(ValueError, match="nothing says how this model's inputs were prepared"):
+            load_data(Namespace(data=data, limit=0, seed=0, config=None, data_dir=None), model, {"model_kwargs": kw})

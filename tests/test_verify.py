@@ -6,7 +6,7 @@ from spikedriven import create_model, list_models
 from spikedriven.verify import verify_spike_driven
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models(family="sdt"))
 def test_every_zoo_model_is_spike_driven(name):
     torch.manual_seed(0)
     m = create_model(name)

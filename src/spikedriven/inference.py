@@ -1,32 +1,48 @@
-"""Inference preparation: BatchNorm folded into the preceding conv, no autograd, optional torch.compile.
+"""The inference form of a model: BatchNorms folded into their convs, re-parameterisable convs (V2's RepConv)
+folded into one conv each, no autograd, optional torch.compile.
 
-Folding is exact algebra (eval-mode BN is an affine map per channel), so a folded model computes the same
-membrane potentials up to float rounding; the paper's energy model also assumes BN is folded (spec §6).
+Folding is exact algebra (eval-mode BN is an affine map per channel; a RepConv in eval mode is one linear map of
+its input), so a folded model computes the same membrane potentials up to float rounding; the paper's energy
+model also assumes BN is folded. The verifier and the energy report look at this form.
 """
 from __future__ import annotations
 
 import copy
+import re
 
 import torch
 from torch import nn
 
-__all__ = ["fold_bn", "conv_bn_pairs", "prepare_inference"]
+__all__ = ["fold_bn", "fold_reparam", "conv_bn_pairs", "prepare_inference", "has_unfolded_reparam"]
+
+_BN = nn.modules.batchnorm._BatchNorm
+_CONV = (nn.Conv1d, nn.Conv2d)
+
+
+def _bn_name(conv_name: str) -> str | None:
+    """The BatchNorm that follows a conv, by the official naming schemes: ``q_conv``/``q_bn``,
+    ``proj_conv1``/``proj_bn1``, ``fc1_conv``/``fc1_bn``, ``encode_conv``/``encode_bn`` (``x_conv`` -> ``x_bn``),
+    and V2's ``conv1``/``bn1``, ``pwconv2``/``bn2``."""
+    if "_conv" in conv_name:
+        return conv_name.replace("_conv", "_bn")
+    m = re.fullmatch(r"(?:pw)?conv(\d+)", conv_name)
+    return f"bn{m.group(1)}" if m else None
 
 
 def conv_bn_pairs(model: nn.Module) -> list[tuple[nn.Module, str, str]]:
     """(parent module, conv attribute, bn attribute) for every conv directly followed by its BN.
 
-    The pairing is by the official naming scheme (``x_conv``/``x_bn``, ``proj_convN``/``proj_bnN``) and checked
-    by channel count, so a renamed or reordered layer fails loudly instead of folding the wrong BN.
+    The pairing is by the official naming schemes and checked by channel count, so a renamed or reordered layer
+    fails loudly instead of folding the wrong BN.
     """
     pairs = []
     for parent in model.modules():
         for name, child in parent.named_children():
-            if not isinstance(child, nn.Conv2d):
+            if not isinstance(child, _CONV):
                 continue
-            bn_name = name.replace("_conv", "_bn")
-            bn = getattr(parent, bn_name, None)
-            if bn_name == name or not isinstance(bn, nn.BatchNorm2d):
+            bn_name = _bn_name(name)
+            bn = getattr(parent, bn_name, None) if bn_name else None
+            if not isinstance(bn, _BN):
                 continue
             if bn.num_features != child.out_channels:
                 raise ValueError(f"{name} has {child.out_channels} outputs but {bn_name} {bn.num_features} features")
@@ -35,23 +51,44 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[nn.Module, str, str]]:
 
 
 @torch.no_grad()
-def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                      conv.dilation, conv.groups, bias=True, device=conv.weight.device, dtype=conv.weight.dtype)
-    fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+def _fold(conv: nn.Module, bn: _BN) -> nn.Module:
+    """A copy of ``conv`` (same class: it keeps what it accepts and how it saves inputs) with ``bn`` folded in."""
+    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    fused = copy.deepcopy(conv)
+    w = conv.weight.double()
+    fused.weight.copy_(w * scale.view(-1, *([1] * (w.ndim - 1))))
+    bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
+    b = (bias - bn.running_mean.double()) * scale + bn.bias.double()
+    fused.bias = nn.Parameter(b.to(conv.weight.dtype), requires_grad=conv.weight.requires_grad)
     return fused
 
 
+def fold_reparam(model: nn.Module) -> nn.Module:
+    """In place: every re-parameterisable conv (a module with ``fused_conv(bn_after=None)``, e.g. V2's RepConv),
+    with the BatchNorm that follows it inside a Sequential, becomes one conv. The model must be in eval mode."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Sequential) and len(child) == 2 and hasattr(child[0], "fused_conv") \
+                    and isinstance(child[1], _BN):
+                setattr(parent, name, child[0].fused_conv(child[1]))
+            elif hasattr(child, "fused_conv"):
+                setattr(parent, name, child.fused_conv())
+    model.repconv_folded = True
+    return model
+
+
+def has_unfolded_reparam(model: nn.Module) -> bool:
+    """True if ``model`` still holds re-parameterisable convs (its training form)."""
+    return any(hasattr(m, "fused_conv") for m in model.modules())
+
+
 def fold_bn(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """Return an eval-mode copy of ``model`` with every conv+BN pair replaced by one conv (BN -> Identity)."""
-    if model.training and not inplace:
-        model = copy.deepcopy(model).eval()
-    elif not inplace:
+    """Eval-mode model (a copy unless ``inplace``) in inference form: re-parameterisable convs folded, then every
+    conv + BN pair replaced by one conv (BN -> Identity)."""
+    if not inplace:
         model = copy.deepcopy(model)
     model.eval()
+    fold_reparam(model)
     for parent, conv_name, bn_name in conv_bn_pairs(model):
         setattr(parent, conv_name, _fold(getattr(parent, conv_name), getattr(parent, bn_name)))
         setattr(parent, bn_name, nn.Identity())
@@ -63,14 +100,16 @@ def prepare_inference(model: nn.Module, fold: bool = True, channels_last: bool |
                       compile: bool = False, lif_backend: str | None = None) -> nn.Module:
     """Eval-mode copy ready for fast inference (call it under ``torch.inference_mode()``).
 
-    fold: BN folded into convs. channels_last: NHWC activations (default: keep the model's setting).
+    fold: BN and RepConvs folded into convs. channels_last: NHWC activations (default: keep the model's setting).
     compile: wrap in ``torch.compile`` (needs a working compiler toolchain; first call is slow).
     """
     m = fold_bn(model) if fold else copy.deepcopy(model).eval()
     if channels_last is not None and hasattr(m, "channels_last"):
         m.channels_last = channels_last
-    if lif_backend is not None and hasattr(m, "set_lif_backend"):
-        m.set_lif_backend(lif_backend)
+    if lif_backend is not None:
+        from .neuron import set_backend
+
+        set_backend(m, lif_backend)
     for p in m.parameters():
         p.requires_grad_(False)
     if compile:

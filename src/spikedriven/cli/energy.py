@@ -13,11 +13,13 @@ def register(sub) -> None:
     add_model_arguments(p)
     p.add_argument("--T", type=int, help="override the number of time steps")
     p.add_argument("--img-size", type=int, help="input size (default: the model's)")
-    p.add_argument("--data", default="random", help="random | digits | a dataset name for spikedriven.data")
-    p.add_argument("--data-root", help="dataset root for --data NAME")
-    p.add_argument("--batches", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", default="random",
+                   help="random, or a dataset name (digits, fashion-mnist, cifar10, ...): its test split, prepared "
+                        "with the model's recipe (default: random)")
+    p.add_argument("--data-root", help="dataset folder for --data NAME (default: the dataset's usual location)")
+    p.add_argument("--batches", type=int, default=2, help="batches to run (default: 2)")
+    p.add_argument("--batch-size", type=int, default=4, help="samples per batch (default: 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs / the dataset subset (default: 0)")
     p.add_argument("--no-calibrate", action="store_true",
                    help="do not calibrate BatchNorm statistics of an untrained model on the data")
     p.add_argument("--uniform-rate", type=float, help="no data: every AC layer's input at this rate")
@@ -39,8 +41,25 @@ def register(sub) -> None:
 
 
 
+def _batches(args, model, meta, size):
+    """The measured inputs: random, or a dataset's test split prepared with the model's recipe."""
+    from ..data.info import canonical_name
+    from ..training.inputs import dataset_inputs, random_inputs, recipe_for_model, with_dataset
+
+    n = args.batches * args.batch_size
+    if args.data == "random":
+        return list(random_inputs(model, n, args.seed, size)[0].split(args.batch_size)), "random inputs"
+    r, src = recipe_for_model(model, meta, args.config)
+    if r is None:
+        raise ValueError(f"--data {args.data}: {src}")
+    r = with_dataset(r, canonical_name(args.data), args.data_root)
+    if args.img_size:
+        r["img_size"] = args.img_size
+    x, _, desc = dataset_inputs(r, n, args.seed)
+    return list(x.split(args.batch_size)), f"{desc}, prepared by {src}"
+
+
 def run(args) -> int:
-    from ..data.samples import sample_batches
     from ..energy import analyze_87x, energy_from_config, profile_model, theoretical_report
     from ..probe import bn_is_calibrated, calibrate_bn
 
@@ -69,18 +88,15 @@ def run(args) -> int:
                                      e_ac=args.e_ac, first_layer_T=args.first_layer_T, img_size=args.img_size,
                                      **overrides)
     else:
-        model = model_from_args(args, **overrides)[0]
+        model, meta = model_from_args(args, **overrides)
         size = args.img_size or model.img_size
+        batches, where = _batches(args, model, meta, size)
         if not args.no_calibrate and not bn_is_calibrated(model):
-            calib = list(sample_batches(model, args.data, args.data_root, args.batches, args.batch_size, size, args.seed))
-            calibrate_bn(model, calib)
+            calibrate_bn(model, batches)
             print("untrained model: BatchNorm statistics calibrated on the data so that neurons fire")
-            batches = calib
-        else:
-            batches = sample_batches(model, args.data, args.data_root, args.batches, args.batch_size, size, args.seed)
         rep = profile_model(model, batches, e_mac=args.e_mac, e_ac=args.e_ac, first_layer_T=args.first_layer_T,
                             event_first_layer=args.event_first_layer)
-        rep.notes.append(f"data: {args.data}, {rep.n_samples} samples at {size}x{size}")
+        rep.notes.append(f"data: {where}, {rep.n_samples} samples at {size}x{size}")
     print(rep.table())
     if args.csv:
         rep.to_csv(args.csv)

@@ -1,181 +1,78 @@
-"""``spikedriven infer``: run a model with the event-driven engine (or the dense PyTorch path) on data."""
+"""``spikedriven infer``: run a model with the event-driven engine (or the dense PyTorch path) on data.
+
+Inputs are prepared by ``spikedriven.training.inputs``: exactly as the model's recipe prepared its evaluation data
+(from the checkpoint, ``--config`` or the registered model), or refused when nothing says how.
+"""
 from __future__ import annotations
 
-import gzip
-import os
 import time
 
-import numpy as np
-
 from .common import add_model_arguments, model_from_args
-
-FMNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 
 
 def register(sub) -> None:
     p = sub.add_parser(
         "infer", help="inference with the event-driven engine (sparse additions) or the dense PyTorch model",
-        description="Predict classes for a dataset, images or an event .npz file. With --engine events, print the "
-                    "accumulations performed per layer (measured SOPs) next to the energy report's T x rate x FLOPs.")
+        description="Predict classes for a dataset's test split, image files or an event .npz. Inputs are prepared "
+                    "with the recipe the model was trained with (stored in `spikedriven train` checkpoints; else "
+                    "--config, else the registered model's recipe); without one, only --data random and model-ready "
+                    ".npz frames are accepted. With --engine events, prints the accumulations performed per layer "
+                    "(measured SOPs) next to the energy report's T x rate x FLOPs.")
     add_model_arguments(p)
-    p.add_argument("--engine", choices=["events", "dense"], default="events")
+    p.add_argument("--engine", choices=["events", "dense"], default="events",
+                   help="events: the event-driven engine (CPU); dense: the PyTorch model, BN folded (default: events)")
     p.add_argument("--data", default="random",
-                   help="fashion-mnist | digits | random | image file(s)/folder | event .npz ([T,C,H,W] or "
-                        "[B,T,C,H,W]) | any other dataset name (e.g. sim-fashion-mnist-dvs, gesture, cifar10): its "
-                        "test split, preprocessed by the recipe stored in a `spikedriven train` checkpoint")
-    p.add_argument("--limit", type=int, default=256, help="number of samples from a dataset (0 = all)")
-    p.add_argument("--data-dir", help="dataset folder for --data NAME (default: the checkpoint's recipe)")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (engine kernels / torch)")
+                   help="a dataset name (digits, fashion-mnist, cifar10, gesture, ...: its test split), random, image "
+                        "file(s) (comma-separated) or a folder of images, or an .npz of frames ([T,C,H,W] or "
+                        "[B,T,C,H,W], optional 'labels') (default: random)")
+    p.add_argument("--limit", type=int, default=256,
+                   help="samples from a dataset (a fixed random subset; 0 = all) or random inputs (default: 256)")
+    p.add_argument("--data-dir", help="dataset folder for --data NAME (default: the recipe's, else the dataset's usual "
+                                      "location)")
+    p.add_argument("--batch", type=int, default=64, help="batch size (default: 64)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--engine-backend", choices=["auto", "cpp", "numba"], default="auto",
-                   help="kernels of the event engine: C++ (compiled on first use) or numba only; same results")
-    p.add_argument("--mean", type=float, nargs="*",
-                   help="normalisation mean (default: the training recipe's, else the dataset's, else 0.5)")
-    p.add_argument("--std", type=float, nargs="*",
-                   help="normalisation std (default: the training recipe's, else the dataset's, else 0.5)")
-    p.add_argument("--show", type=int, default=10, help="print the first N predictions")
-    p.add_argument("--seed", type=int, default=0)
+                   help="kernels of the event engine: C++ (compiled on first use) or numba; same results "
+                        "(default: auto = cpp if it builds)")
+    p.add_argument("--show", type=int, default=10, help="print the first N predictions (default: 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subset / random inputs (default: 0)")
     p.set_defaults(func=run)
 
 
-# ------------------------------------------------------------------ model and data
-def load_model(args):
-    """Model from --config/--model, else from the checkpoint's ``model_kwargs``; and the checkpoint's metadata."""
-    model, meta = model_from_args(args)
-    return model.eval(), meta
-
-
-def normalisation(meta, args) -> tuple[list[float], list[float], str]:
-    """(mean, std, where from) for image inputs: --mean/--std, else what the model was trained with (the recipe in a
-    `spikedriven train` checkpoint, or a ``preprocess`` entry), else the named dataset's statistics, else 0.5."""
-    pre = meta.get("preprocess") if isinstance(meta.get("preprocess"), dict) else {}
-    rec = meta.get("recipe") if isinstance(meta.get("recipe"), dict) else {}
-    from ..data.info import dataset_normalisation
-
-    for mean, std, src in ((args.mean, args.std, "--mean/--std"), (pre.get("mean"), pre.get("std"), "checkpoint"),
-                           (rec.get("mean"), rec.get("std"), "the run's recipe")):
-        if mean or std:
-            fallback = dataset_normalisation(rec.get("dataset") or args.data)
-            mean, std = mean or fallback[0], std or fallback[1]
-            break
-    else:
-        mean, std = dataset_normalisation(args.data)
-        src = f"{args.data} statistics" if (mean, std) != (0.5, 0.5) else "default 0.5/0.5"
-    as_list = lambda v: [float(u) for u in np.atleast_1d(np.asarray(v, np.float64))]  # noqa: E731
-    return as_list(mean), as_list(std), src
-
-
-def _norm(x, meta, args, desc):
-    """Normalised images and their description, which says which mean/std was used and why."""
-    mean, std, src = normalisation(meta, args)
-    m = np.asarray(mean, np.float32).reshape(-1, 1, 1)
-    s = np.asarray(std, np.float32).reshape(-1, 1, 1)
-    fmt = lambda v: "/".join(f"{u:.4g}" for u in v)  # noqa: E731
-    return ((x - m) / s).astype(np.float32), f"{desc}, normalised (x - {fmt(mean)}) / {fmt(std)} ({src})"
-
-
-def _fit(x, size):
-    """[N,C,h,w] in [0,1] -> [N,C,size,size]: zero-pad if smaller (centred), else resize."""
-    import torch
-    import torch.nn.functional as F
-
-    h, w = x.shape[-2:]
-    if h <= size and w <= size:
-        t, l = (size - h) // 2, (size - w) // 2
-        out = np.zeros(x.shape[:-2] + (size, size), np.float32)
-        out[..., t:t + h, l:l + w] = x
-        return out
-    return F.interpolate(torch.from_numpy(x), size=(size, size), mode="bilinear", align_corners=False).numpy()
-
-
 def load_data(args, model, meta):
-    """Returns (inputs float32 array, labels or None, description)."""
-    cin, size, T = model.in_channels, model.img_size, model.T
-    lim = args.limit or None
-    d = args.data
-    if d == "fashion-mnist":
-        root = next((r for r in FMNIST_DIRS if os.path.isdir(r)), None)
-        if root is None:
-            raise FileNotFoundError("Fashion-MNIST IDX files not found (apt-get install dataset-fashion-mnist)")
-        with gzip.open(os.path.join(root, "t10k-images-idx3-ubyte.gz")) as f:
-            x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)[:lim]
-        with gzip.open(os.path.join(root, "t10k-labels-idx1-ubyte.gz")) as f:
-            y = np.frombuffer(f.read(), np.uint8, offset=8)[:lim].astype(np.int64)
-        x = _fit(x.astype(np.float32) / 255.0, size)
-        x, desc = _norm(np.repeat(x, cin, 1), meta, args, f"Fashion-MNIST test[:{len(y)}]")
-        return x, y, desc
-    if d == "digits":
-        from sklearn.datasets import load_digits
+    """``(x, y or None, description)`` for ``--data``, prepared like the model's evaluation data."""
+    from pathlib import Path
 
-        dg = load_digits()
-        x = (dg.images[:, None].astype(np.float32) / 16.0)[:lim]
-        y = dg.target[:lim].astype(np.int64)
-        x = _fit(x, size)
-        x, desc = _norm(np.repeat(x, cin, 1), meta, args, f"sklearn digits[:{len(y)}]")
-        return x, y, desc
-    if d == "random":
-        g = np.random.default_rng(args.seed)
-        n = lim or 16
-        if cin == 2:
-            return g.poisson(0.3, (n, T, cin, size, size)).astype(np.float32), None, f"random events x{n}"
-        return g.standard_normal((n, cin, size, size)).astype(np.float32), None, f"random images x{n}"
     from ..data.info import DATASET_INFO, canonical_name
+    from ..training.inputs import (dataset_inputs, event_inputs, image_inputs, path_inputs, random_inputs,
+                                   recipe_for_model, with_dataset)
 
-    if canonical_name(d) in DATASET_INFO and not os.path.exists(d):
-        return _recipe_dataset(canonical_name(d), args, meta, lim)
-    if d.endswith(".npz"):
-        z = np.load(d)
-        key = "frames" if "frames" in z.files else z.files[0]
-        x = z[key].astype(np.float32)
-        if x.ndim == 4:
-            x = x[None]
-        if x.ndim != 5:
-            raise ValueError(f"{d}: expected event frames [T,C,H,W] or [B,T,C,H,W], got {x.shape}")
-        y = z["labels"].astype(np.int64) if "labels" in z.files else None
-        return x[:lim], (y[:lim] if y is not None else None), f"event frames {d} {x.shape}"
-    # image file(s) / folder
-    from PIL import Image
-
-    paths = sorted(os.path.join(d, f) for f in os.listdir(d)) if os.path.isdir(d) else d.split(",")
-    imgs = []
-    for pth in paths[:lim]:
-        im = Image.open(pth).convert("L" if cin == 1 else "RGB")
-        a = np.asarray(im, np.float32) / 255.0
-        a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
-        imgs.append(_fit(a[None], size)[0])
-    if not imgs:
-        raise FileNotFoundError(f"no images in {d}")
-    x, desc = _norm(np.stack(imgs), meta, args, f"{len(imgs)} image(s)")
-    return x, None, desc
-
-
-def _recipe_dataset(name, args, meta, lim):
-    """Test split of a named dataset, preprocessed exactly as the run that wrote the checkpoint evaluated it
-    (its recipe: normalisation, resize, event framing and T); a fixed random subset of --limit samples."""
-    from ..training.api import recipe_of_run
-    from ..training.data import build_datasets
-
-    rec = meta.get("recipe")
-    if not isinstance(rec, dict):
-        raise ValueError(f"--data {args.data}: a dataset by name needs a checkpoint written by `spikedriven train` "
-                         "(it carries the recipe: transforms, framing, T); this one has none. Pass image files or "
-                         "an events .npz instead.")
-    over = {"dataset": name}
-    if args.data_dir:
-        over["data_dir"] = args.data_dir
-    ds = build_datasets(recipe_of_run(rec, over), splits=("test",))["test"]
-    n = len(ds) if not lim else min(lim, len(ds))
-    ids = np.arange(n) if n == len(ds) else np.sort(np.random.default_rng(args.seed).choice(len(ds), n, False))
-    xs, ys = zip(*(ds[int(i)] for i in ids))
-    x = np.stack([np.asarray(v, np.float32) for v in xs])
-    return x, np.asarray(ys, np.int64), f"{name} test ({n} of {len(ds)} samples, the run's own preprocessing)"
+    r, src = recipe_for_model(model, meta, getattr(args, "config", None))
+    d = args.data
+    if d == "random":
+        x, desc = random_inputs(model, args.limit or 16, args.seed)
+        return x, None, desc
+    if d.endswith(".npz") and Path(d).is_file():
+        return event_inputs(d, model, r)
+    if canonical_name(d) in DATASET_INFO and not Path(d).exists():
+        if r is None:
+            raise ValueError(f"--data {d}: {src}")
+        x, y, desc = dataset_inputs(with_dataset(r, canonical_name(d), args.data_dir), args.limit or None, args.seed)
+        return x, y, f"{desc}, prepared by {src}"
+    paths = path_inputs(d)
+    if r is None:
+        raise ValueError(f"--data {d}: {src}")
+    x, desc = image_inputs(r, paths)
+    return x, None, f"{desc}, prepared by {src}"
 
 
 # ------------------------------------------------------------------ command
 def run(args) -> int:
+    import numpy as np
     import torch
 
-    model, meta = load_model(args)
+    model, meta = model_from_args(args)
+    model.eval()
     x, y, desc = load_data(args, model, meta)
     n = len(x)
     t0 = time.perf_counter()
@@ -205,10 +102,10 @@ def run(args) -> int:
         m = prepare_inference(model)
         preds = []
         with torch.inference_mode():
-            m(torch.from_numpy(x[:1]))
+            m(x[:1])
             t0 = time.perf_counter()
             for i in range(0, n, args.batch):
-                lg = m(torch.from_numpy(x[i:i + args.batch]))
+                lg = m(x[i:i + args.batch])
                 preds.append((lg.mean(0) if lg.ndim == 3 else lg).argmax(-1).numpy())
         preds = np.concatenate(preds)
     dt = time.perf_counter() - t0
@@ -217,7 +114,7 @@ def run(args) -> int:
     if k:
         print("predictions:", " ".join(map(str, preds[:k].tolist())) + (" ..." if n > k else ""))
     if y is not None:
-        print(f"accuracy {float((preds == y[:n]).mean()):.4f}")
+        print(f"accuracy {float((preds == y[:n].numpy()).mean()):.4f} ({n} labelled samples)")
     if counts:
         print("per-layer work per sample (measured by the engine; 'nominal' = T x rate x FLOPs incl. padding taps):")
         print(f"  {'layer':34s} {'kind':5s} {'in-rate':>8s} {'performed':>14s} {'nominal':>14s}")

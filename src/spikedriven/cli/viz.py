@@ -6,15 +6,16 @@ from .common import add_model_arguments, model_from_args
 
 def register(sub) -> None:
     p = sub.add_parser("viz", help="pictures: firing-rate bars, spike raster, SDSA attention maps",
-                       description="Write a PNG for a model on one input (a digits sample, random input, or an image "
-                                   "file): per-layer firing rates, a spike raster of one neuron layer, or the SDSA "
-                                   "attention maps of one block.")
+                       description="Write a PNG for a model on one input (a test sample of a dataset, random input, "
+                                   "or an image file, prepared with the model's recipe): per-layer firing rates, a "
+                                   "spike raster of one neuron layer, or the SDSA attention maps of one block.")
     p.add_argument("what", choices=["rates", "raster", "attention"], help="which picture")
     add_model_arguments(p)
-    p.add_argument("--image", help="image file (PNG/JPG) as the input (default: --data)")
-    p.add_argument("--data", default="digits", choices=["digits", "random"],
-                   help="input when no --image is given (default: digits)")
-    p.add_argument("--index", type=int, default=0, help="sample index in --data digits (default: 0)")
+    p.add_argument("--image", help="image file (PNG/JPG) as the input, prepared with the model's recipe")
+    p.add_argument("--data", default="digits",
+                   help="input when no --image is given: a dataset name (its test split) or random (default: digits)")
+    p.add_argument("--data-root", help="dataset folder for --data NAME (default: the dataset's usual location)")
+    p.add_argument("--index", type=int, default=0, help="sample index in the --data test split (default: 0)")
     p.add_argument("--layer", default="block.0.attn.q_lif", help="neuron layer of the raster (default: %(default)s)")
     p.add_argument("--n-neurons", type=int, default=64, help="neurons shown in the raster (default: 64)")
     p.add_argument("--block", type=int, default=0, help="encoder block of the attention maps (default: 0)")
@@ -24,39 +25,33 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _load_input(args, model):
-    import torch
+def _load_input(args, model, meta):
+    """One input, prepared like the model's evaluation data, and a few random ones for BN calibration."""
+    from ..data.info import canonical_name
+    from ..training.inputs import dataset_inputs, image_inputs, random_inputs, recipe_for_model, with_dataset
 
-    from ..data.samples import digits_batches, random_batches, to_model_input
-
-    size = model.img_size
+    if args.data == "random" and not args.image:
+        return random_inputs(model, 1, 0)[0]
+    r, src = recipe_for_model(model, meta, args.config)
+    if r is None:
+        raise ValueError(f"{'--image' if args.image else '--data ' + args.data}: {src}")
     if args.image:
-        import numpy as np
-        from PIL import Image
-
-        im = np.asarray(Image.open(args.image).convert("RGB"), dtype="float32") / 255.0
-        return to_model_input(torch.from_numpy(im).permute(2, 0, 1).unsqueeze(0), model, size)
-    if args.data == "digits" and model.in_channels != 2:
-        batch = next(digits_batches(model, 1, args.index + 1, size))
-        return batch[args.index:args.index + 1]
-    return next(random_batches(model, 1, 1, size, 0))
+        return image_inputs(r, [args.image])[0]
+    return dataset_inputs(with_dataset(r, canonical_name(args.data), args.data_root), indices=[args.index])[0]
 
 
 def run(args) -> int:
     import torch
 
-    from ..data.samples import random_batches
     from ..energy import profile_model
     from ..probe import bn_is_calibrated, calibrate_bn
+    from ..training.inputs import random_inputs
     from ..viz import plot_attention_maps, plot_firing_rates, plot_spike_raster
 
-    model = model_from_args(args)[0]
-    x = _load_input(args, model)
+    model, meta = model_from_args(args)
+    x = _load_input(args, model, meta)
     if not args.no_calibrate and not bn_is_calibrated(model):
-        calib = [x]
-        if model.in_channels != 2:
-            calib = [torch.cat([x, next(random_batches(model, 1, 7, model.img_size, 1))])]
-        calibrate_bn(model, calib)
+        calibrate_bn(model, [torch.cat([x, random_inputs(model, 7, 1)[0]])])
         print("untrained model: BatchNorm statistics calibrated so that neurons fire")
     if args.what == "rates":
         plot_firing_rates(profile_model(model, [x]), args.out)

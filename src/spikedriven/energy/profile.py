@@ -32,6 +32,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from ..inference import fold_bn, has_unfolded_reparam
 from ..layers.attention import Attention
 from ..layers.ops import SpikeMask, SpikeMatmul, TokenSum
 from ..probe import hooks_attached
@@ -56,6 +57,7 @@ class _Acc:
         self.integer = True
         self.nonneg = True
         self.first = False
+        self.declared = ""  # the module says its input is real-valued, and why (e.g. V2's SepConv pwconv2)
         # matmul only: the second operand
         self.b = None
 
@@ -148,6 +150,7 @@ class _Recorder:
             if self.first_name is None:
                 self.first_name = name
                 acc.first = True
+            acc.declared = getattr(mod, "nonbinary_input", "")
             fan_in = mod.in_features if kind == "linear" else (
                 mod.in_channels // mod.groups) * math.prod(mod.kernel_size)
             acc.flops = out.numel() / (self.T * self.batch) * fan_in
@@ -223,6 +226,10 @@ def _build_layers(rec: _Recorder, e_mac: float, e_ac: float, first_layer_T: bool
                 rates = [1.0] * T if uniform_rate is not None else rates
                 mean = sum(rates) / T
                 note = "encoding layer: real-valued image, MACs" + (" x T" if first_layer_T else " (no T factor, as the paper)")
+        elif acc.declared and (uniform_rate is not None or not binary):
+            op, ops, kind_in, note = "MAC", fl * T, "real", acc.declared
+            rates = [1.0] * T if uniform_rate is not None else rates
+            mean = sum(rates) / T
         elif acc.kind == "matmul":
             b = acc.b
             if acc.binary or uniform_rate is not None:
@@ -247,6 +254,10 @@ def _build_layers(rec: _Recorder, e_mac: float, e_ac: float, first_layer_T: bool
         layers.append(LayerEnergy(acc.name, acc.kind, op, fl, [float(r) for r in rates], float(mean), float(ops), e,
                                   kind_in, note))
     return layers
+
+
+_FOLDED_NOTE = ("inference form: each RepConv (+BN) folded into one 3x3 conv reading binary spikes, as deployed "
+                "(9*C^2 accumulates per token instead of the training form's C^2 on spikes + (9*C + C^2) MACs)")
 
 
 def _notes(rec: _Recorder, model: nn.Module) -> list[str]:
@@ -287,12 +298,16 @@ def profile_model(model: nn.Module, batches: Iterable[torch.Tensor], *, e_mac: f
     """
     if event_first_layer not in ("ac", "mac"):
         raise ValueError(f"event_first_layer must be 'ac' or 'mac', got {event_first_layer!r}")
+    notes = []
+    if has_unfolded_reparam(model):  # count what is deployed: RepConvs folded into one conv of binary input
+        model = fold_bn(model)
+        notes.append(_FOLDED_NOTE)
     rec = _Recorder(model)
     n = rec.run(batches, max_batches)
     if n == 0:
         raise ValueError("profile_model got no batches")
     layers = _build_layers(rec, e_mac, e_ac, first_layer_T, event_first_layer)
-    notes = _notes(rec, model)
+    notes += _notes(rec, model)
     if rec.event_input:
         notes.append("event input: the encoding layer's input is event counts, counted as "
                      + ("ACs weighted by the count" if event_first_layer == "ac" else "dense MACs at every step"))
@@ -324,6 +339,9 @@ def energy_from_config(name_or_model, uniform_rate: float = 0.14, *, sdsa_rate: 
         model = name_or_model
         name = getattr(model, "model_name", type(model).__name__)
     meta = copy.deepcopy(model).to("meta").eval()
+    folded = has_unfolded_reparam(meta)
+    if folded:
+        fold_bn(meta, inplace=True)
     T = int(getattr(meta, "T", 1))
     size = img_size or getattr(meta, "img_size", 224)
     cin = getattr(meta, "in_channels", 3)
@@ -338,6 +356,8 @@ def energy_from_config(name_or_model, uniform_rate: float = 0.14, *, sdsa_rate: 
     notes = [f"uniform-rate estimate: every AC layer's input fires at {uniform_rate}, K⊙V non-zero fraction "
              f"{sr:.4g}; the first layer is counted as MACs" + (" x T" if first_layer_T else " (no T factor)"),
              "BatchNorm assumed folded into the preceding conv (0 extra ops); neuron updates not counted"]
+    if folded:
+        notes.append(_FOLDED_NOTE)
     if not _spike_driven_config(model):
         notes.append("WARNING: this config is not spike-driven; a uniform-rate estimate treats every layer as AC")
     info_mj = None

@@ -42,7 +42,7 @@ def time_major_input(x: torch.Tensor, T: int, in_channels: int, stride: int, cha
         )
     if not x.is_floating_point():
         raise TypeError(
-            f"expected a floating-point input (float32/bfloat16/float16), got {x.dtype}; "
+            f"expected a floating-point input (float32, float64, bfloat16 or float16), got {x.dtype}; "
             f"convert images with x.float() (and normalise them) first"
         )
     c, h, w = x.shape[-3:]
@@ -177,3 +177,8 @@ class SpikeMatmul(nn.Module):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return a @ b
+
+
+class SpikeRowMatmul(SpikeMatmul):
+    """``a @ b`` with ``a`` binary: each 1 in a row of ``a`` adds one row of ``b`` (which may hold integers), so the
+    product is additions of rows, no multiplication (V2's Q @ (Kᵀ V))."""

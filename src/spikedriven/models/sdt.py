@@ -252,6 +252,10 @@ class SpikeDrivenTransformer(nn.Module):
         self.num_classes = int(num_classes)
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
+    def arch_summary(self) -> str:
+        return (f"L={self.depth} D={self.embed_dim} T={self.T} img={self.img_size} pool={self.pooling_stat} "
+                f"in={self.in_channels} classes={self.num_classes}")
+
     def extra_repr(self) -> str:
         return (f"T={self.T}, embed_dim={self.embed_dim}, depth={self.depth}, pooling_stat={self.pooling_stat!r}, "
                 f"dvs_mode={self.dvs_mode}, tet={self.tet}, attn_mode={self.attn_mode!r}, shortcut={self.shortcut!r}")

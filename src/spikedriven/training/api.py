@@ -19,11 +19,10 @@ import copy
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from .recipe import DEFAULT_CONFIG, Recipe, resolve_recipe
+from .recipe import DEFAULT_CONFIG, Recipe, recipe_of_run, resolve_recipe
 
 __all__ = ["train", "evaluate_checkpoint", "recipe_of_run", "read_resume_recipe", "DEFAULT_CONFIG"]
 
@@ -40,13 +39,6 @@ def _recipe_for(config, overrides: dict, warn: bool = True) -> Recipe:
         if ck is not None:
             return recipe_of_run(ck, overrides)
     return resolve_recipe(config if config is not None else DEFAULT_CONFIG, overrides, warn=warn)
-
-
-def recipe_of_run(recipe: dict, overrides: dict | None = None) -> Recipe:
-    """The recipe a checkpoint of ``spikedriven train`` stores, with ``overrides`` applied. Run-control keys of the
-    invocation that wrote it (resume, stop_after_steps, start_epoch) are not inherited."""
-    base = Recipe(recipe).resolved_dict(drop=("resume", "stop_after_steps", "start_epoch"))
-    return resolve_recipe(base, dict(overrides or {}), warn=False)
 
 
 def read_resume_recipe(resume) -> dict | None:
@@ -101,41 +93,29 @@ def evaluate_checkpoint(checkpoint: str | None = None, model_name: str | None = 
     pipeline from the recipe: the config's, the checkpoint's own (``spikedriven train`` checkpoints carry it), or
     the registered model's recipe.
     """
+    from ..data.info import canonical_name
     from ..models.factory import build_model
-    from ..models.registry import model_info
     from .data import build_datasets, build_loaders
     from .distributed import init_distributed
+    from .inputs import recipe_for_model, with_dataset
     from .loop import evaluate
 
     ov = dict(overrides or {})
     if not (checkpoint or model_name or config):
         raise ValueError("eval needs --checkpoint (ours), or --model NAME / --config YAML (with --checkpoint)")
-    r = resolve_recipe(config, ov) if config is not None else None
-    model, meta = build_model(model_name, recipe=r, checkpoint=checkpoint, use_ema=use_ema)
-    if r is None and model_name is not None:
-        info = model_info(model_name)
-        base: dict[str, Any] = {"dataset": info.dataset, "model": model_name}
-        if info.recipe:
-            try:
-                base = dict(resolve_recipe(info.recipe, warn=False, fill_dataset=False))
-                base["model"] = model_name
-            except FileNotFoundError:
-                pass
-        r = resolve_recipe(base, ov, warn=False)
-    elif r is None:
-        rec = meta.get("recipe") if isinstance(meta.get("recipe"), dict) else meta.get("args")
-        rec = {k: v for k, v in (rec or {}).items() if not str(k).startswith("_") and "-" not in str(k)
-               and k != "resume"}
-        r = resolve_recipe(rec, ov, warn=False)
-    if dataset:
-        base = {k: v for k, v in r.items() if not str(k).startswith("_")}
-        base.update(dataset=dataset, mean=None, std=None)
-        r = resolve_recipe(base, ov, warn=False)
-    if data_dir:
-        r["data_dir"] = data_dir
+    if config is not None:  # the config describes the model and the data pipeline, overrides included
+        r = resolve_recipe(config, ov)
+        model, meta = build_model(model_name, recipe=r, checkpoint=checkpoint, use_ema=use_ema)
+        r.adopt_model(model)
+    else:
+        model, meta = build_model(model_name, checkpoint=checkpoint, use_ema=use_ema)
+        r, src = recipe_for_model(model, meta)
+        if r is None:
+            raise ValueError(f"eval: {src}")
+        if ov:
+            r = resolve_recipe(r.resolved_dict(), ov, warn=False).adopt_model(model)
+    r = with_dataset(r, canonical_name(dataset) if dataset else None, data_dir)
     r["val_batch_size"], r["workers"], r["max_eval_samples"] = batch_size, workers, max_samples
-    r.adopt_model(model)
-    r["img_size"], r["in_channels"] = model.img_size, model.in_channels
     env = init_distributed(device)
     model.to(env.device)
     ds = build_datasets(r, splits=("test",))

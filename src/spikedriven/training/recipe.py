@@ -25,7 +25,7 @@ import yaml
 from ..config.official import ConfigWarning, load_yaml, official_noop_warnings
 from ..data.info import DATASET_ALIASES, DATASET_INFO, canonical_name, is_event
 
-__all__ = ["Recipe", "SCHEMA", "ALIASES", "MODEL_KEYS", "DEFAULT_CONFIG", "resolve_recipe", "find_config", "list_configs", "DATASET_ALIASES",
+__all__ = ["Recipe", "SCHEMA", "ALIASES", "MODEL_KEYS", "DEFAULT_CONFIG", "recipe_of_run", "resolve_recipe", "find_config", "list_configs", "DATASET_ALIASES",
            "CONFIG_DIR"]
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -240,6 +240,13 @@ class Recipe(dict):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.resolved_dict(), sort_keys=False)
+
+
+def recipe_of_run(recipe: dict, overrides: dict | None = None) -> Recipe:
+    """The recipe a checkpoint of ``spikedriven train`` stores, with ``overrides`` applied. Run-control keys of the
+    invocation that wrote it (resume, stop_after_steps, start_epoch) are not inherited."""
+    base = Recipe(recipe).resolved_dict(drop=("resume", "stop_after_steps", "start_epoch"))
+    return resolve_recipe(base, dict(overrides or {}), warn=False)
 
 
 def list_configs() -> list[str]:
