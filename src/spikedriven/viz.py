@@ -5,6 +5,7 @@ All functions write a PNG with matplotlib's non-interactive Agg backend and retu
 from __future__ import annotations
 
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,32 +38,47 @@ _KIND_COLORS = {"conv": "tab:blue", "linear": "tab:green", "sdsa": "tab:red", "m
 
 
 def plot_firing_rates(report, path, title: str | None = None):
-    """Bar chart of each layer's mean input firing rate (from an :class:`~spikedriven.energy.EnergyReport`).
+    """Horizontal bars of each layer's mean input firing rate (from an :class:`~spikedriven.energy.EnergyReport`),
+    one row per layer with its full name, coloured by layer kind; per-time-step rates are drawn as dots. The
+    encoding layer reads the real-valued image (its "rate" is the non-zero fraction of the image, counted as MACs),
+    so it is drawn hatched and named in the legend."""
+    from .energy.report import energy_str
 
-    Bars are coloured by layer kind; the encoding (MAC) layer is hatched; per-time-step rates are drawn as dots.
-    """
     plt = _plt()
     layers = report.layers
     n = len(layers)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * n + 2), 4.2))
-    xs = range(n)
-    bars = ax.bar(xs, [l.rate for l in layers], color=[_KIND_COLORS.get(l.kind, "gray") for l in layers])
+    fig, ax = plt.subplots(figsize=(8.5, max(3.0, 0.22 * n + 1.6)))
+    ys = list(range(n))
+    bars = ax.barh(ys, [l.rate for l in layers], color=[_KIND_COLORS.get(l.kind, "gray") for l in layers],
+                   height=0.75)
     for b, l in zip(bars, layers):
         if l.op == "MAC":
             b.set_hatch("//")
-            b.set_alpha(0.5)
+            b.set_alpha(0.45)
     for i, l in enumerate(layers):
         if len(l.rate_per_t) > 1:
-            ax.scatter([i] * len(l.rate_per_t), l.rate_per_t, s=6, color="k", zorder=3)
-    ax.set_xticks(list(xs))
-    ax.set_xticklabels([l.name for l in layers], rotation=90, fontsize=6)
-    ax.set_ylabel("input firing rate (non-zero fraction)")
-    ax.set_ylim(0, min(1.05, max([1e-3] + [max(l.rate_per_t or [l.rate]) for l in layers]) * 1.15))
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for k, c in _KIND_COLORS.items()
-               if any(l.kind == k for l in layers)]
-    ax.legend(handles, [k for k in _KIND_COLORS if any(l.kind == k for l in layers)], fontsize=7, loc="upper right")
-    ax.set_title(title or f"{report.model}: input firing rate per layer (dots: per time step), "
-                          f"total {report.total_mj:.3f} mJ", fontsize=9)
+            ax.scatter(l.rate_per_t, [i] * len(l.rate_per_t), s=9, color="k", zorder=3)
+    ax.set_yticks(ys)
+    ax.set_yticklabels([l.name for l in layers], fontsize=8)
+    ax.invert_yaxis()  # first layer on top, in execution order
+    ax.set_xlabel("input firing rate (fraction of non-zero inputs)", fontsize=9)
+    ax.set_xlim(0, min(1.05, max([1e-3] + [max(l.rate_per_t or [l.rate]) for l in layers]) * 1.15))
+    ax.grid(axis="x", alpha=0.3)
+    names = {"conv": "conv input (ACs)", "linear": "linear input (ACs)", "sdsa": "SDSA column sum (ACs)",
+             "matmul": "attention matmul operand"}
+    kinds = [k for k in _KIND_COLORS if any(l.kind == k and l.op == "AC" for l in layers)]
+    handles = [plt.Rectangle((0, 0), 1, 1, color=_KIND_COLORS[k]) for k in kinds]
+    labels = [names[k] for k in kinds]
+    if any(l.op == "MAC" for l in layers):
+        handles.append(plt.Rectangle((0, 0), 1, 1, facecolor="white", edgecolor="k", hatch="//"))
+        labels.append("real-valued input (MACs): encoding layer / declared")
+    if any(len(l.rate_per_t) > 1 for l in layers):
+        handles.append(plt.Line2D([], [], marker="o", ls="", color="k", markersize=3))
+        labels.append("rate at each time step")
+    ax.legend(handles, labels, fontsize=8, loc="lower right")
+    ax.set_title(title or f"{report.model}: input firing rate per layer, T={report.T}, "
+                          f"{report.n_samples or 'no'} sample{'' if report.n_samples == 1 else 's'}; energy {energy_str(report.total_mj)} per sample",
+                 fontsize=10)
     return _save(fig, path, 120)
 
 
@@ -141,58 +157,70 @@ def capture_attention(model: nn.Module, image: torch.Tensor, block: int = 0) -> 
             "grid": (Hp, Wp)}
 
 
-def plot_attention_maps(model: nn.Module, image: torch.Tensor, path, block: int = 0, alpha: float = 0.55):
+def plot_attention_maps(model: nn.Module, image: torch.Tensor, path, block: int = 0, alpha: float = 0.75):
     """Fig. 3 style picture of SDSA in ``block`` for one image ([C,H,W], [1,C,H,W] or events [T,C,H,W]/[1,T,...]).
 
-    Row 1: the image, the binary channel mask SN(SUM_tokens(K⊙V)) as a (time x channel) strip.
-    Row 2 (per time step): Q spikes per token (sum over channels) upsampled over the image.
-    Row 3 (per time step): Q⊙mask per token, i.e. what survives the channel mask, upsampled over the image.
+    Top: the input and the binary channel mask SN(SUM_tokens(K⊙V)) as a (time x channel) strip.
+    Below, one column per time step: Q spikes per token (summed over channels), then Q⊙mask (what survives the
+    channel mask), over the input in grey. Every map shares one colour scale (its colour bar), so panels compare;
+    the heat is transparent where no spike is, so the image shows through.
     """
+    from matplotlib import cm, colors
+
     plt = _plt()
     img = image
     events = getattr(model, "in_channels", 3) == 2
     if img.ndim == 3 or (img.ndim == 4 and events and img.shape[0] == getattr(model, "T", -1) and img.shape[1] == 2):
         img = img.unsqueeze(0)  # add the batch axis: [1,C,H,W] or [1,T,C,H,W]
     cap = capture_attention(model, img, block)
-    # display image: [H, W, 3] in [0, 1]
     disp = img[0]
     if disp.ndim == 4:  # events [T, C, H, W]: total counts
         disp = disp.sum(0)
-    disp = disp.float()
-    if disp.shape[0] == 2:
-        disp = torch.stack([disp[0], disp[1], torch.zeros_like(disp[0])])
-    elif disp.shape[0] == 1:
-        disp = disp.expand(3, -1, -1)
-    disp = (disp - disp.min()) / (disp.max() - disp.min() + 1e-8)
-    H, W = disp.shape[-2:]
-    disp = disp.permute(1, 2, 0).numpy()
+    disp = disp.float().mean(0)  # grey background
+    disp = ((disp - disp.min()) / (disp.max() - disp.min() + 1e-8)).numpy()
+    H, W = disp.shape
+    dim = 0.15 + 0.5 * disp  # the image in mid greys under the heat: bright and dark colours both stand out
     T = cap["q"].shape[0]
     Hp, Wp = cap["grid"]
+    maps = {key: [cap[key][t].sum(-1).float() for t in range(T)] for key in ("q", "q_masked")}
+    vmax = max(1.0, *(float(m.max()) for ms in maps.values() for m in ms))
+    norm = colors.Normalize(0, vmax)
+    cmap = colors.LinearSegmentedColormap.from_list("heat", plt.get_cmap("plasma")(np.linspace(0.25, 1.0, 64)))
 
-    def up(tok):  # [N] -> [H, W]
-        m = tok.float().reshape(1, 1, Hp, Wp)
-        return F.interpolate(m, size=(H, W), mode="bilinear", align_corners=False)[0, 0].numpy()
+    def overlay(ax, tok):
+        heat = F.interpolate(tok.reshape(1, 1, Hp, Wp), size=(H, W), mode="nearest")[0, 0].numpy()
+        rgba = cmap(norm(heat))
+        rgba[..., 3] = alpha * (heat > 0)  # no spike: transparent
+        ax.imshow(dim, cmap="gray", vmin=0, vmax=1)
+        ax.imshow(rgba)
+        ax.set_xticks([])
+        ax.set_yticks([])
 
-    fig, axes = plt.subplots(3, max(T, 2), figsize=(2.2 * max(T, 2), 6.6), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    axes[0, 0].imshow(disp)
-    axes[0, 0].set_title("input", fontsize=8)
-    ax = axes[0, 1]
-    ax.axis("on")
-    ax.imshow(cap["channel_mask"].float().numpy(), aspect="auto", cmap="Greys", interpolation="nearest")
-    ax.set_xlabel("channel", fontsize=7)
-    ax.set_ylabel("t", fontsize=7)
-    kept = cap["channel_mask"].float().mean().item()
-    ax.set_title(f"channel mask ({kept:.1%} kept)", fontsize=8)
-    ax.tick_params(labelsize=6)
-    qmax = max(float(cap["q"].sum(-1).max()), 1.0)
-    for t in range(T):
-        for row, key, name in ((1, "q", "Q"), (2, "q_masked", "Q⊙mask")):
-            m = cap[key][t].sum(-1)  # [N]
-            a = axes[row, t]
-            a.imshow(disp)
-            a.imshow(up(m), cmap="jet", alpha=alpha, vmin=0, vmax=qmax if key == "q" else max(float(m.max()), 1.0))
-            a.set_title(f"{name}, t={t} ({int(m.sum())} spikes)", fontsize=7)
-    fig.suptitle(f"SDSA of block {block}: token maps {Hp}x{Wp} upsampled to {H}x{W}", fontsize=9)
+    cols = max(T, 2)
+    fig = plt.figure(figsize=(2.3 * cols + 1.2, 7.0))
+    gs = fig.add_gridspec(3, cols + 1, width_ratios=[1] * cols + [0.08], height_ratios=[1, 1, 1])
+    ax = fig.add_subplot(gs[0, 0])
+    ax.imshow(disp, cmap="gray")
+    ax.set_title("input", fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax = fig.add_subplot(gs[0, 1:cols])
+    mask = cap["channel_mask"].float().numpy()
+    ax.imshow(mask, aspect="auto", cmap="Greys", interpolation="nearest", vmin=0, vmax=1)
+    ax.set_yticks(range(T))
+    ax.set_ylabel("time step", fontsize=8)
+    ax.set_xlabel(f"channel (black: kept by the mask, {mask.mean():.1%} kept)", fontsize=8)
+    ax.set_title("SDSA channel mask SN(Σ_tokens K⊙V)", fontsize=9)
+    ax.tick_params(labelsize=7)
+    for row, key, name in ((1, "q", "Q"), (2, "q_masked", "Q⊙mask")):
+        for t in range(T):
+            # T = 1: Q and Q⊙mask side by side in one row, no empty panels
+            r, c = (row, t) if T > 1 else (1, row - 1)
+            a = fig.add_subplot(gs[r, c])
+            overlay(a, maps[key][t])
+            a.set_title(f"{name}, t={t}: {int(maps[key][t].sum())} spikes", fontsize=8)
+    cax = fig.add_subplot(gs[1:, cols])
+    fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), cax=cax, label="spikes per token (summed over channels)")
+    fig.suptitle(f"SDSA of block {block} ({model.model_name if hasattr(model, 'model_name') else 'model'}): token map "
+                 f"{Hp}x{Wp} over the {H}x{W} input", fontsize=10)
     return _save(fig, path, 110)

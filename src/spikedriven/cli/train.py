@@ -107,9 +107,9 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
         if t == "bool":
             g.add_argument(*names, dest=f"r_{key}", action=argparse.BooleanOptionalAction, default=None,
                            help=help_ + shown)
-        elif t == "floats":
-            g.add_argument(*names, dest=f"r_{key}", type=float, nargs="+", default=None, help=help_ + shown,
-                           metavar="X")
+        elif t in ("floats", "ints"):
+            g.add_argument(*names, dest=f"r_{key}", type=float if t == "floats" else int, nargs="+", default=None,
+                           help=help_ + shown, metavar="X" if t == "floats" else "N")
         else:
             conv = {"int": int, "float": float, "str": str}.get(t, str)
             g.add_argument(*names, dest=f"r_{key}", type=conv, default=None, help=help_ + shown,

@@ -99,7 +99,7 @@ class _Recorder:
         self.event_input = False
         self.first_name: str | None = None
         self.mask_ops = 0.0  # dense mask elements per sample-step (free ops)
-        self.conv_out_ptrs: set[tuple[int, int]] = set()
+        self.last_conv_out: tuple | None = None  # shape of the output of the module that ran last, if a conv
         self.bn_total = 0
         self.bn_after_conv = 0
 
@@ -122,6 +122,8 @@ class _Recorder:
                 post.append((mod, self._matmul_hook(name)))
             elif isinstance(mod, nn.modules.batchnorm._BatchNorm):
                 pre.append((mod, self._bn_hook))
+            elif not list(mod.children()):
+                pre.append((mod, self._other_hook))
         return pre, post
 
     def run(self, batches, max_batches: int | None = None) -> int:
@@ -155,8 +157,7 @@ class _Recorder:
                 mod.in_channels // mod.groups) * math.prod(mod.kernel_size)
             acc.flops = out.numel() / (self.T * self.batch) * fan_in
             _accumulate(acc, x, self.T)
-            if kind == "conv" and not out.is_meta:
-                self.conv_out_ptrs.add((out.data_ptr(), out.numel()))
+            self.last_conv_out = tuple(out.shape) if kind == "conv" else None
         return hook
 
     def _sum_hook(self, name):
@@ -182,10 +183,15 @@ class _Recorder:
         return hook
 
     def _bn_hook(self, mod, args):
-        x = args[0]
+        # foldable: the module that ran just before was a conv with this very output shape (a layout copy between
+        # the two, as the NHWC stem makes, changes nothing)
         self.bn_total += 1
-        if not x.is_meta and (x.data_ptr(), x.numel()) in self.conv_out_ptrs:
+        if self.last_conv_out is not None and tuple(args[0].shape) == self.last_conv_out:
             self.bn_after_conv += 1
+        self.last_conv_out = None
+
+    def _other_hook(self, mod, args):
+        self.last_conv_out = None
 
 
 def _rates(acc: _Acc) -> list[float]:
@@ -266,7 +272,7 @@ def _notes(rec: _Recorder, model: nn.Module) -> list[str]:
         if rec.bn_after_conv == rec.bn_total:
             notes.append(f"BatchNorm: all {rec.bn_total} BN calls take a conv output directly -> folded into "
                          f"that conv at inference (0 extra ops)")
-        elif rec.conv_out_ptrs:
+        else:
             notes.append(f"BatchNorm: only {rec.bn_after_conv}/{rec.bn_total} BN calls directly follow a conv; "
                          f"the others are NOT counted (not foldable)")
     if rec.mask_ops:

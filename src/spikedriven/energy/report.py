@@ -9,7 +9,7 @@ import csv
 import json
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["E_MAC_PJ", "E_AC_PJ", "E_MUL_PJ", "PJ_PER_MJ", "LayerEnergy", "EnergyReport", "si"]
+__all__ = ["E_MAC_PJ", "E_AC_PJ", "E_MUL_PJ", "PJ_PER_MJ", "LayerEnergy", "EnergyReport", "si", "energy_str"]
 
 E_MAC_PJ = 4.6  # 32-bit float multiply-accumulate, 45 nm (Horowitz 2014)
 E_AC_PJ = 0.9  # 32-bit float add
@@ -125,7 +125,7 @@ class EnergyReport:
             else:
                 rt = f"{min(l.rate_per_t):.3f}..{max(l.rate_per_t):.3f}" if l.rate_per_t else ""
             rows.append((l.name, l.kind, l.op, si(l.flops), rt, f"{l.rate:.4f}", si(l.sops),
-                         f"{l.energy_mj * 1e3:.2f}"))
+                         f"{l.energy_mj * 1e3:.4g}"))
         widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
         right = {3, 5, 6, 7}
         lines = []
@@ -139,12 +139,24 @@ class EnergyReport:
         tail = [
             f"total FLOPs/step {si(self.total_flops)}, MACs {si(self.total_macs)}, SOPs (ACs) {si(self.total_sops)}, "
             f"FLOPs-weighted mean AC input rate {self.mean_rate:.4f}",
-            f"energy: MAC {self.mac_mj:.4f} mJ + AC {self.ac_mj:.4f} mJ (of which SDSA column sums "
-            f"{self.sdsa_mj * 1e3:.3f} uJ) = TOTAL {self.total_mj:.4f} mJ",
+            f"energy: MAC {energy_str(self.mac_mj, self.total_mj)} + AC {energy_str(self.ac_mj, self.total_mj)}"
+            + (f" (of which SDSA column sums {energy_str(self.sdsa_mj, self.total_mj)})"
+               if any(l.kind == "sdsa" for l in self.layers) else "")
+            + f" = TOTAL {energy_str(self.total_mj)}",
         ]
         return "\n".join([head, *lines, *tail, *(f"note: {n}" for n in self.notes)])
 
     __str__ = table
+
+
+def energy_str(mj: float, scale_of: float | None = None) -> str:
+    """An energy in the unit that fits the larger of ``mj`` and ``scale_of`` (mJ, uJ or nJ), 4 significant
+    digits: a one-block digits model costs about 0.0008 mJ, which reads better as 0.8 uJ."""
+    ref = abs(scale_of if scale_of is not None else mj)
+    for unit, f in (("mJ", 1.0), ("uJ", 1e3), ("nJ", 1e6)):
+        if ref >= 0.1 / f or unit == "nJ":
+            return f"{mj * f:.4g} {unit}"
+    return f"{mj:.4g} mJ"  # pragma: no cover
 
 
 def si(x: float) -> str:

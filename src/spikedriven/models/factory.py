@@ -24,7 +24,8 @@ __all__ = ["ModelSpec", "spec_from_name", "spec_from_recipe", "spec_from_checkpo
 # Recipe keys (official names where they exist) -> constructor arguments. The official ones come from
 # config.official.OFFICIAL_TO_MODEL; these are ours.
 _OUR_RECIPE_KEYS = {"drop_path_rate": "drop_path_rate", "attn_mode": "attn_mode", "shortcut": "shortcut",
-                    "dvs_mode": "dvs_mode", "lif_backend": "lif_backend", "embed_dims": "embed_dim", "kd": "kd"}
+                    "dvs_mode": "dvs_mode", "lif_backend": "lif_backend", "embed_dims": "embed_dim", "kd": "kd",
+                    "downsample_strides": "downsample_strides"}
 
 
 @dataclass
@@ -114,8 +115,9 @@ def spec_from_checkpoint(meta: dict, source: str = "checkpoint") -> ModelSpec | 
 
 
 def instantiate(spec: ModelSpec) -> nn.Module:
-    model = family(spec.family).cls(**spec.kwargs)
-    model.model_name = spec.name or spec.source or spec.family
+    cls = family(spec.family).cls
+    model = cls(**spec.kwargs)
+    model.model_name = spec.name or (cls.config_name(model) if hasattr(cls, "config_name") else spec.source)
     model.model_family = spec.family
     model.model_kwargs = dict(spec.kwargs)
     return model
@@ -142,8 +144,6 @@ def build_model(name: str | None = None, *, config: str | os.PathLike | None = N
             recipe = resolve_recipe(config)
         spec = spec_from_recipe(recipe)
         spec.kwargs.update(_checked(spec.family, overrides, spec.name or "the recipe's model"))
-        if spec.name is None:
-            spec.source = Path(config).stem if config is not None else "recipe"
     elif checkpoint:
         spec = spec_from_checkpoint(meta, Path(checkpoint).name)
         if spec is None:

@@ -177,7 +177,7 @@ class SpikeDrivenTransformer(nn.Module):
 
         self.patch_embed = SpikingPatchSplitting(in_channels, embed_dim, pooling_stat, spike_mode, shortcut)
         self.channels_last = channels_last
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist() if depth else []
+        dpr = [drop_path_rate * j / max(depth - 1, 1) for j in range(depth)]  # linspace(0, rate, depth)
         self.block = nn.ModuleList(
             EncoderBlock(BlockConfig(embed_dim, num_heads, mlp_ratio, spike_mode, dvs_mode, attn_mode, shortcut,
                                      dpr[j]))
@@ -251,6 +251,11 @@ class SpikeDrivenTransformer(nn.Module):
         """A new (re-initialised) head for ``num_classes`` (0: features only)."""
         self.num_classes = int(num_classes)
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    @staticmethod
+    def config_name(model) -> str:
+        """A name for a configuration that is not a registered one."""
+        return f"sdt_{model.depth}_{model.embed_dim}"
 
     def arch_summary(self) -> str:
         return (f"L={self.depth} D={self.embed_dim} T={self.T} img={self.img_size} pool={self.pooling_stat} "

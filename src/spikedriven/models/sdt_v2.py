@@ -453,6 +453,11 @@ class MetaSpikeFormer(nn.Module):
         """In place: switch to eval mode and fold every attention RepConv + BN into one conv (see fold_repconv)."""
         return fold_repconv(self, inplace=True)
 
+    @staticmethod
+    def config_name(model) -> str:
+        """A name for a configuration that is not a registered one."""
+        return "sdt_v2_" + "_".join(map(str, model.embed_dim))
+
     def arch_summary(self) -> str:
         return (f"dims {'/'.join(map(str, self.embed_dim))}, T={self.T}, img={self.img_size}, in={self.in_channels}, "
                 f"classes={self.num_classes}, strides {''.join(map(str, self.downsample_strides))}"

@@ -96,6 +96,9 @@ SCHEMA: dict[str, tuple[Any, str, str]] = {
     "attn_mode": ("sdsa", "str", "attention variant (ablations): sdsa | sdsa_v1 | ssa | softmax"),
     "shortcut": ("ms", "str", "shortcut variant (ablations): ms | sew | none"),
     "lif_backend": (None, "opt_str", "neuron implementation: auto | torch | cpp | triton (default: env/auto)"),
+    "embed_dims": (None, "opt_ints", "V2 stage widths D0 D1 D2 D3 (sdt_v2 models; default: the model's)"),
+    "downsample_strides": (None, "opt_ints", "V2 strides of the 5 downsampling layers (official 2 2 2 2 1)"),
+    "kd": (None, "opt_bool", "V2 distillation head head_kd (default: the model's)"),
     "pretrained": (False, "bool", "official key; no pretrained download here (use initial_checkpoint)"),
     "initial_checkpoint": ("", "str", "start from these weights (ours: honoured; official: parsed but unused)"),
     "linear_prob": (False, "bool", "freeze patch_embed (official --linear-prob)"),
@@ -160,7 +163,8 @@ SCHEMA: dict[str, tuple[Any, str, str]] = {
 # Keys that describe only the model (the rest of the recipe is data and optimisation). With a registered model
 # name they override its configuration only when set explicitly.
 MODEL_KEYS = {"dim", "layer", "time_steps", "num_heads", "mlp_ratio", "pooling_stat", "spike_mode", "TET",
-              "drop_path_rate", "attn_mode", "shortcut", "dvs_mode", "lif_backend"}
+              "drop_path_rate", "attn_mode", "shortcut", "dvs_mode", "lif_backend", "embed_dims", "downsample_strides",
+              "kd"}
 
 ALIASES = {"b": "batch_size", "vb": "val_batch_size", "j": "workers", "tet": "TET", "tet_means": "TET_means",
            "tet_lamb": "TET_lamb", "T": "time_steps", "embed_dim": "dim", "depth": "layer"}
@@ -286,6 +290,10 @@ def _coerce(key: str, value: Any) -> Any:
                     return False
                 raise ValueError(value)
             return bool(value)
+        if typ == "ints":
+            if isinstance(value, (int, float)):
+                return [int(value)]
+            return [int(v) for v in value]
         if typ == "floats":
             if isinstance(value, (int, float)):
                 return [float(value)]
