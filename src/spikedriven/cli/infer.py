@@ -124,15 +124,10 @@ def load_data(args, model, meta):
     if canonical_name(d) in DATASET_INFO and not os.path.exists(d):
         return _recipe_dataset(canonical_name(d), args, meta, lim)
     if d.endswith(".npz"):
-        z = np.load(d)
-        key = "frames" if "frames" in z.files else z.files[0]
-        x = z[key].astype(np.float32)
-        if x.ndim == 4:
-            x = x[None]
-        if x.ndim != 5:
-            raise ValueError(f"{d}: expected event frames [T,C,H,W] or [B,T,C,H,W], got {x.shape}")
-        y = z["labels"].astype(np.int64) if "labels" in z.files else None
-        return x[:lim], (y[:lim] if y is not None else None), f"event frames {d} {x.shape}"
+        from ..data.events import read_frames_npz
+
+        x, y = read_frames_npz(d, lim)  # checked: readable, not empty, finite, one label per sample
+        return x, y, f"event frames {d} {x.shape}"
     # image file(s) / folder
     from PIL import Image
 

@@ -37,7 +37,9 @@ def _load_input(args, model):
         im = np.asarray(Image.open(args.image).convert("RGB"), dtype="float32") / 255.0
         return to_model_input(torch.from_numpy(im).permute(2, 0, 1).unsqueeze(0), model, size)
     if args.data == "digits" and model.in_channels != 2:
-        batch = next(digits_batches(model, 1, args.index + 1, size))
+        batch = next(digits_batches(model, 1, max(args.index, 0) + 1, size))
+        if not 0 <= args.index < len(batch):
+            raise ValueError(f"--index {args.index}: the digits data has samples 0..{len(batch) - 1}")
         return batch[args.index:args.index + 1]
     return next(random_batches(model, 1, 1, size, 0))
 

@@ -44,22 +44,33 @@ def _recipe_for(config, overrides: dict, warn: bool = True) -> Recipe:
 
 def recipe_of_run(recipe: dict, overrides: dict | None = None) -> Recipe:
     """The recipe a checkpoint of ``spikedriven train`` stores, with ``overrides`` applied. Run-control keys of the
-    invocation that wrote it (resume, stop_after_steps, start_epoch) are not inherited."""
-    base = Recipe(recipe).resolved_dict(drop=("resume", "stop_after_steps", "start_epoch"))
+    invocation that wrote it (resume, stop_after_steps, start_epoch) are not inherited, nor is its folder (output,
+    experiment): a resumed run continues in the folder it is resumed from unless ``overrides`` name another."""
+    explicit = recipe.get("_explicit", ())  # model keys the run set itself (a registered model decided the rest)
+    base = Recipe(recipe, explicit=explicit if isinstance(explicit, (list, tuple)) else ()).resolved_dict(
+        drop=("resume", "stop_after_steps", "start_epoch", "output", "experiment"))
     return resolve_recipe(base, dict(overrides or {}), warn=False)
 
 
 def read_resume_recipe(resume) -> dict | None:
     p = Path(resume)
     if p.is_dir():
+        if not (p / "last.pt").exists() and (p / "config.yaml").is_file():
+            # a run killed before its first last.pt: its resolved recipe, to start it over in its folder
+            from ..config.official import load_yaml
+
+            rec = load_yaml(p / "config.yaml")
+            return {**rec, "_explicit": list(rec)}  # config.yaml holds only the model keys the run set itself
         p = p / "last.pt"
     if not p.exists():
         raise FileNotFoundError(f"resume checkpoint not found: {p}")
-    from ..checkpoint import SAFE_GLOBALS
+    from ..checkpoint import CheckpointError, read_checkpoint_file
 
-    with torch.serialization.safe_globals(SAFE_GLOBALS):
-        ck = torch.load(p, map_location="cpu", weights_only=True)
-    return ck.get("recipe") if isinstance(ck, dict) else None
+    ck = read_checkpoint_file(p)
+    rec = ck.get("recipe") if isinstance(ck, dict) else None
+    if rec is not None and not isinstance(rec, dict):
+        raise CheckpointError(f"{p}: its 'recipe' entry is a {type(rec).__name__}, not a mapping of recipe keys")
+    return rec
 
 
 def train(config: str | os.PathLike | dict | None = None, datasets: dict | None = None, print_fn=print,
@@ -86,6 +97,7 @@ def train(config: str | os.PathLike | dict | None = None, datasets: dict | None 
         result["trainer"] = trainer
         return result
     finally:
+        trainer.close()
         if trainer.env.distributed:
             cleanup(trainer.env)
 
@@ -133,7 +145,10 @@ def evaluate_checkpoint(checkpoint: str | None = None, model_name: str | None = 
         r = resolve_recipe(base, ov, warn=False)
     if data_dir:
         r["data_dir"] = data_dir
-    r["val_batch_size"], r["workers"], r["max_eval_samples"] = batch_size, workers, max_samples
+    from .recipe import check_value
+
+    r["val_batch_size"], r["workers"] = check_value("val_batch_size", batch_size), check_value("workers", workers)
+    r["max_eval_samples"] = check_value("max_eval_samples", max_samples)
     r.adopt_model(model)
     r["img_size"], r["in_channels"] = model.img_size, model.in_channels
     env = init_distributed(device)
