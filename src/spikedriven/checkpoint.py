@@ -208,7 +208,7 @@ def read_checkpoint_file(path: str | os.PathLike, map_location="cpu") -> Any:
         elif "central directory" in str(e) or "zip archive" in str(e):
             why = "it is truncated or corrupt (damaged zip archive)"
         else:
-            why = _first_line(e)
+            why = f"it is not a PyTorch checkpoint, or it is damaged ({type(e).__name__}: {_first_line(e)})"
         raise CheckpointError(f"could not load {path} safely: {why}") from None
 
 
