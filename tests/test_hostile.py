@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
-import resource
 import signal
 import struct
 import subprocess
@@ -88,11 +87,9 @@ def same_weights(a: dict, b: dict) -> bool:
 def finished_run(tmp_path_factory):
     """One finished tiny run (its folder), shared by the tests that need real checkpoints."""
     out = tmp_path_factory.mktemp("runs")
-    os.environ["SPIKEDRIVEN_LIF_BACKEND"] = "torch"
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPIKEDRIVEN_LIF_BACKEND", "torch")
         assert main(tiny(out, "done")) == 0
-    finally:
-        os.environ.pop("SPIKEDRIVEN_LIF_BACKEND", None)
     return out / "done"
 
 
@@ -577,6 +574,7 @@ def test_written_files_get_the_usual_permissions(tmp_path):
 def test_full_disk_keeps_the_previous_checkpoint(tmp_path, capsys, finished_run):
     """A write that fails part-way (here a file-size limit, as a full disk does) says so in one line and leaves
     the previous last.pt intact and resumable."""
+    import resource
     import shutil
 
     folder = tmp_path / "done"
@@ -602,11 +600,9 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, capsys, finished_run)
 def reference_run(tmp_path_factory):
     """The uninterrupted run the killed ones must end as (3 epochs, checkpoint every 3 steps)."""
     out = tmp_path_factory.mktemp("ref")
-    os.environ["SPIKEDRIVEN_LIF_BACKEND"] = "torch"
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPIKEDRIVEN_LIF_BACKEND", "torch")
         assert main(tiny(out, "ref", "--epochs", "3", "--checkpoint-every", "3")) == 0
-    finally:
-        os.environ.pop("SPIKEDRIVEN_LIF_BACKEND", None)
     folder = out / "ref"
     hist = load(folder / "last.pt")["history"]
     losses = [h["eval_loss"] for h in hist]
