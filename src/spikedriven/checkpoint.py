@@ -1,14 +1,28 @@
 """Safe checkpoint I/O: official ``.pth.tar`` files, our own checkpoints, and safetensors.
 
-Nothing here executes pickled code: ``torch.load(..., weights_only=True)`` with exactly the extra types the
-official timm ``CheckpointSaver`` files need allow-listed (``argparse.Namespace`` for the saved ``args``).
-All writes are atomic (temporary file in the same folder, then ``os.replace``).
+Reading never executes pickled code: ``torch.load(..., weights_only=True)`` with exactly the extra types the
+official timm ``CheckpointSaver`` files need allow-listed (``argparse.Namespace`` for the saved ``args``), or
+safetensors. Every failure to read (missing, empty, truncated, random or hostile file, a directory) is a
+:class:`CheckpointError` with a one-line reason.
+
+Loading weights into a model (:func:`load_state_into_model`, used by every path that loads weights) is strict:
+every key the model has must be present (unless partial loading is asked for explicitly), shapes must match, a
+floating-point tensor must receive floating-point values (integer buffers such as ``num_batches_tracked`` stay
+integer), and non-finite (NaN/inf) values are refused.
+
+All writes are atomic (temporary file in the same folder, then ``os.replace``); the written file gets the
+permissions a plain ``open()`` would give it (``0666`` minus the umask); a failed write (e.g. a full disk) raises
+:class:`CheckpointError` and leaves the previous file in place.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import os
-import tempfile
+import re
+import secrets
+import shutil
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -19,10 +33,14 @@ from torch import nn
 __all__ = [
     "CheckpointError",
     "load_checkpoint",
+    "read_checkpoint_file",
     "load_into_model",
+    "load_state_into_model",
+    "check_state_values",
     "save_safetensors",
     "atomic_save",
     "atomic_write_bytes",
+    "remove_stale_temp_files",
     "SAFE_GLOBALS",
 ]
 
@@ -31,26 +49,86 @@ SAFE_GLOBALS = [argparse.Namespace]
 
 _STATE_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
 
+# temporary files of atomic_write_bytes: ".<name>.<16 hex digits>.tmp" next to the target (earlier versions used
+# tempfile.mkstemp: ".<name>.<8 characters>.tmp")
+_TMP_RE = re.compile(r"^\..+\.([0-9a-f]{16}|[a-z0-9_]{8})\.tmp$")
+
 
 class CheckpointError(RuntimeError):
-    """A checkpoint file could not be read or does not match the model."""
+    """A checkpoint file could not be read or written, or does not match the model."""
+
+
+def _first_line(e: BaseException, limit: int = 240) -> str:
+    text = " ".join(str(e).split()) if str(e).strip() else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ------------------------------------------------------------------------------------------------ writing
+def _tmp_path(path: Path) -> Path:
+    return path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+
+
+def _write_failure(path: Path, e: BaseException) -> str:
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    err = getattr(e, "errno", None)
+    if err in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        why = "the disk is full (no space left on device)"
+    elif err == errno.EFBIG:
+        why = "the file is larger than this process may write (file size limit)"
+    elif err in (errno.EACCES, errno.EPERM, errno.EROFS):
+        why = f"permission denied ({_first_line(e)})"
+    elif isinstance(e, OSError):
+        why = _first_line(e)
+    elif "enforce fail" in str(e) or "unexpected pos" in str(e) or "PytorchStreamWriter" in str(e):
+        why = "the write failed part-way (the disk may be full or the file size limit reached)"
+    else:
+        why = _first_line(e)
+    space = f"; {free / 2**20:.1f} MiB free there" if free is not None else ""
+    return f"could not write {path}: {why}{space}; the previous {path.name} (if any) is unchanged"
 
 
 def atomic_write_bytes(path: str | os.PathLike, write_fn) -> None:
-    """Call ``write_fn(tmp_path)`` and atomically move the result to ``path`` (never a half-written file)."""
+    """Call ``write_fn(tmp_path)`` and atomically move the result to ``path`` (never a half-written file).
+
+    The temporary file is created in the target's folder with mode ``0666 & ~umask`` (what ``open()`` gives), so
+    the final file has the usual permissions. Any failure removes the temporary file, leaves ``path`` as it was
+    and raises :class:`CheckpointError` saying why (a full disk is named as such)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        write_fn(tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(_write_failure(path, e)) from e
+    if path.is_dir():
+        raise CheckpointError(f"could not write {path}: it is a directory")
+    tmp = _tmp_path(path)
+    try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        mode = os.stat(tmp).st_mode & 0o777  # 0666 minus the umask
+        write_fn(str(tmp))
+        if os.stat(tmp).st_mode & 0o777 != mode:  # a writer that re-creates the file (safetensors: 0600)
+            os.chmod(tmp, mode)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        try:
             os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, Exception) and not isinstance(e, CheckpointError):
+            raise CheckpointError(_write_failure(path, e)) from e
         raise
+    try:  # make the rename itself durable (best effort: not every filesystem allows it)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
@@ -58,27 +136,80 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     atomic_write_bytes(path, lambda tmp: torch.save(obj, tmp))
 
 
-def _read_raw(path: Path, map_location) -> Any:
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[str]:
+    """Delete the temporary files :func:`atomic_write_bytes` leaves in ``folder`` when its process is killed
+    mid-write. Only call this on a folder no other process writes to (a locked run folder). Returns the names."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        if _TMP_RE.match(p.name) and p.is_file():
+            try:
+                p.unlink()
+                removed.append(p.name)
+            except OSError:
+                pass
+    return removed
+
+
+# ------------------------------------------------------------------------------------------------ reading
+def _unpickling_reason(msg: str) -> str:
+    m = re.search(r"GLOBAL ([\w.]+)", msg)
+    if m:
+        return (f"it asks for the Python object {m.group(1)}, which a checkpoint never needs (refused; nothing in "
+                f"the file was run)")
+    m = re.search(r"(Unsupported operand \d+|Trying to call reduce for [\w.]+|Unsupported class [\w.]+)", msg)
+    if m:
+        return f"it is not a checkpoint that can be read safely ({m.group(1)}; nothing in the file was run)"
+    return "its pickled data cannot be read safely (nothing in the file was run)"
+
+
+def read_checkpoint_file(path: str | os.PathLike, map_location="cpu") -> Any:
+    """The object stored in ``path`` (``.safetensors``: ``{"state_dict", "_safetensors_metadata"}``), read without
+    running code. Raises FileNotFoundError for a missing file and :class:`CheckpointError` for anything else."""
+    path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {_first_line(e)}") from e
+    if size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): not a checkpoint (an interrupted copy or write?)")
     if path.suffix == ".safetensors":
         from safetensors import safe_open
-        from safetensors.torch import load_file
 
         device = str(map_location) if map_location is not None else "cpu"
-        sd = load_file(str(path), device=device)
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        try:
+            with safe_open(str(path), framework="pt", device=device) as f:
+                meta = f.metadata() or {}
+                sd = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error type
+            raise CheckpointError(f"{path}: not a valid .safetensors file, it may be truncated or corrupt "
+                                  f"({_first_line(e)})") from None
         return {"state_dict": sd, "_safetensors_metadata": meta}
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*pickle protocol.*")
+            with torch.serialization.safe_globals(SAFE_GLOBALS):
+                return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - re-raised with context
-        raise CheckpointError(
-            f"could not load {path} safely (weights_only=True; allowed extra types: "
-            f"{[t.__module__ + '.' + t.__qualname__ for t in SAFE_GLOBALS]}). The file may be corrupt, not a "
-            f"PyTorch checkpoint, or contain pickled code objects, which are never executed. Original error: {e}"
-        ) from e
+        import pickle
+
+        if isinstance(e, pickle.UnpicklingError):
+            why = _unpickling_reason(str(e))
+        elif isinstance(e, EOFError):
+            why = "the file ends early (truncated)"
+        elif "central directory" in str(e) or "zip archive" in str(e):
+            why = "it is truncated or corrupt (damaged zip archive)"
+        else:
+            why = f"it is not a PyTorch checkpoint, or it is damaged ({type(e).__name__}: {_first_line(e)})"
+        raise CheckpointError(f"could not load {path} safely: {why}") from None
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu", use_ema: bool = False) -> tuple[dict, dict]:
@@ -89,7 +220,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", use_ema: bool =
     prefix (DataParallel/DDP) is stripped. ``use_ema=True`` picks the EMA weights and fails if absent.
     """
     path = Path(path)
-    raw = _read_raw(path, map_location)
+    raw = read_checkpoint_file(path, map_location)
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: expected a dict (state_dict or checkpoint), got {type(raw).__name__}")
     meta = {k: v for k, v in raw.items() if k not in _STATE_KEYS and not isinstance(v, torch.Tensor)}
@@ -122,6 +253,39 @@ def _mismatch_report(model: nn.Module, sd: dict) -> tuple[list, list, list]:
     return missing, unexpected, shapes
 
 
+def _kind(t: torch.Tensor) -> str:
+    if t.dtype == torch.bool:
+        return "bool"
+    if t.is_complex():
+        return "complex"
+    return "floating" if t.is_floating_point() else "integer"
+
+
+def check_state_values(model: nn.Module, sd: dict, source: str = "state_dict") -> None:
+    """Refuse values that would load silently but wrongly: a tensor of another kind than the model's (a float
+    parameter fed int8/int32/bool values, a float ``num_batches_tracked``) and NaN/inf values."""
+    own = model.state_dict()
+    kinds, bad = [], []
+    for k, mine in own.items():
+        if k not in sd:
+            continue
+        t = sd[k]
+        if _kind(t) != _kind(mine):
+            needs = {"floating": "a floating-point", "integer": "an integer"}.get(_kind(mine), f"a {_kind(mine)}")
+            kinds.append(f"{k} is {str(t.dtype).replace('torch.', '')}, the model needs {needs} tensor")
+        elif t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            n = int((~torch.isfinite(t)).sum())
+            bad.append(f"{k} ({n} of {t.numel()} values)")
+    if kinds:
+        raise CheckpointError(f"checkpoint {source} has tensors of the wrong kind: {'; '.join(kinds[:5])}"
+                              f"{f' (and {len(kinds) - 5} more)' if len(kinds) > 5 else ''}; refusing to load "
+                              f"(the values would be cast silently)")
+    if bad:
+        raise CheckpointError(f"checkpoint {source} holds NaN/inf weights: {', '.join(bad[:5])}"
+                              f"{f' (and {len(bad) - 5} more tensors)' if len(bad) > 5 else ''}; refusing to load "
+                              f"(a diverged or corrupt model)")
+
+
 def load_into_model(model: nn.Module, path: str | os.PathLike, strict: bool = True, use_ema: bool = False,
                     map_location="cpu") -> dict:
     """Load weights from ``path`` into ``model``; a strict mismatch raises with every offending key listed.
@@ -134,7 +298,12 @@ def load_into_model(model: nn.Module, path: str | os.PathLike, strict: bool = Tr
 
 def load_state_into_model(model: nn.Module, sd: dict, strict: bool = True, source: str = "state_dict") -> dict:
     """:func:`load_into_model` for a state_dict already read by :func:`load_checkpoint` (``source`` names it in
-    errors). Returns ``missing``, ``unexpected`` and ``shape_mismatch``."""
+    errors). Returns ``missing``, ``unexpected`` and ``shape_mismatch``.
+
+    ``strict=False`` is partial loading, which the caller must have been asked for explicitly: the keys the
+    model and the file share are loaded, the returned ``missing``/``unexpected`` say what was not (report them).
+    In both modes shapes must match, tensor kinds must match and values must be finite (see
+    :func:`check_state_values`); nothing is loaded when any check fails."""
     missing, unexpected, shapes = _mismatch_report(model, sd)
     if shapes or (strict and (missing or unexpected)):
         lines = [f"checkpoint {source} does not match the model:"]
@@ -148,7 +317,14 @@ def load_state_into_model(model: nn.Module, sd: dict, strict: bool = True, sourc
         hint = _config_hint(sd)
         if hint:
             lines.append(f"  the checkpoint looks like: {hint}")
+        if missing and not shapes:
+            lines.append("  to load only the matching keys, ask for partial loading explicitly "
+                         "(spikedriven train --init-from FILE --partial)")
         raise CheckpointError("\n".join(lines))
+    if not strict and not (set(sd) & set(model.state_dict())):
+        raise CheckpointError(f"checkpoint {source} shares no key with the model (partial loading would load "
+                              f"nothing)")
+    check_state_values(model, sd, source)
     model.load_state_dict(sd, strict=strict)
     return {"missing": missing, "unexpected": unexpected, "shape_mismatch": shapes}
 

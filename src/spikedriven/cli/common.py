@@ -30,6 +30,17 @@ def model_from_args(args: argparse.Namespace, **overrides):
     return build_model(name, config=config, checkpoint=ckpt, use_ema=getattr(args, "ema", False), overrides=overrides)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} is not allowed: it must be >= 1")
+    return v
+
+
 class LazyChoices:
     """argparse ``choices`` computed on first use (so that building the parser does not import torch)."""
 

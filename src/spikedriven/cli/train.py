@@ -22,7 +22,8 @@ def register(sub) -> None:
                     "digits data (~2 minutes on 2 cores). Multi-process: torchrun --nproc_per_node=N -m "
                     "spikedriven.cli train ...")
     t.add_argument("-c", "--config", default=None,
-                   help=f"our recipe name or a YAML file (default: {DEFAULT_CONFIG}; with --resume: the run's own)")
+                   help=f"our recipe name or a YAML file (default: {DEFAULT_CONFIG}; with --resume: the run's own); "
+                        f"keys it leaves out take the official train.py defaults")
     t.add_argument("--list-configs", action="store_true", help="list our recipes and exit")
     add_recipe_arguments(t)
     t.set_defaults(func=run_train)
@@ -34,9 +35,9 @@ def register(sub) -> None:
     add_model_arguments(e, "and, with --config, the data pipeline")
     e.add_argument("--data", help="dataset name (default: the checkpoint's / model's / config's)")
     e.add_argument("--data-root", "--data-dir", dest="data_root", help="dataset root folder")
-    e.add_argument("--batch-size", dest="eval_batch_size", type=int, default=64)
-    e.add_argument("--workers", dest="eval_workers", type=int, default=2)
-    e.add_argument("--max-samples", type=int, help="evaluate a fixed random subset of N test samples")
+    e.add_argument("--batch-size", dest="eval_batch_size", type=int, default=64, help="(default: 64)")
+    e.add_argument("--workers", dest="eval_workers", type=int, default=2, help="(default: 2)")
+    e.add_argument("--max-samples", type=int, help="evaluate a fixed random subset of N >= 1 test samples")
     e.add_argument("--amp", dest="eval_amp", action="store_true", help="autocast (CUDA fp16 / CPU bf16)")
     e.add_argument("--device", dest="eval_device", default="auto")
     e.add_argument("--no-progress", action="store_true")
@@ -64,9 +65,11 @@ def run_train(args) -> int:
         return 0
     if "top1" in res:
         ema = f" (EMA {res['ema_top1']:.2f}%)" if "ema_top1" in res else ""
+        metric = str(trainer.r.get("eval_metric") or "top1")
+        best = (f"best test loss {res['best_metric']:.4f}" if "loss" in metric else
+                f"best {'top-5 ' if metric == 'top5' else ''}{res['best_metric']:.2f}%")
         print(f"test accuracy: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%{ema}  "
-              f"[best {res['best_metric']:.2f}% at epoch {res['best_epoch'] + 1}]  "
-              f"in {res['elapsed_s'] / 60:.1f} min")
+              f"[{best} at epoch {res['best_epoch'] + 1}]  in {res['elapsed_s'] / 60:.1f} min")
     if res.get("summary"):
         print(res["summary"])
     if res.get("run_dir") and not quiet:
@@ -89,22 +92,61 @@ def run_eval(args) -> int:
     return 0
 
 
+def _default_texts() -> dict[str, str]:
+    """The value each recipe key really takes when the option is not given: a -c recipe's own value, else the
+    official train.py default; without -c, the default recipe's value (or the registered model's / dataset's)."""
+    from ..config.official import load_yaml
+    from ..training.recipe import ALIASES, DEFAULT_CONFIG, MODEL_KEYS, SCHEMA, find_config
+
+    try:
+        base = {ALIASES.get(str(k), str(k)): v for k, v in load_yaml(find_config(DEFAULT_CONFIG)).items()}
+    except (OSError, ValueError):
+        base = {}
+    model = base.get("model")
+    filled = {"num_classes", "in_channels", "img_size", "mean", "std"}
+    out = {}
+    for key, (default, _typ, _help, _allowed) in SCHEMA.items():
+        if key in filled and default is None:
+            out[key] = "the recipe's value, else the model's or the dataset's"
+            continue
+        shown = "unset" if default is None else default
+        if key in base:
+            bare = base[key] if base[key] is not None else "unset"
+        elif key in MODEL_KEYS and model not in (None, "", "sdt"):
+            bare = f"set by its model {model}"
+        else:
+            out[key] = f"the recipe's value, else {shown}"
+            continue
+        out[key] = f"the recipe's value, else {shown}; without -c: {bare} ({DEFAULT_CONFIG} recipe)"
+    return out
+
+
 def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
-    """One option per recipe key (``--warmup-epochs`` and ``--warmup_epochs``); all default to "unset"."""
+    """One option per recipe key (``--warmup-epochs`` and ``--warmup_epochs``); all default to "unset", and each
+    help says which value applies then. A key named ``no_X`` is a flag ``--no-X`` (and ``--X`` turns it off)."""
     import yaml  # noqa: F401  (keeps the import cost here, not in register())
     from ..training.recipe import SCHEMA
 
-    g = p.add_argument_group("recipe settings (override the YAML; defaults are the official train.py ones)")
+    g = p.add_argument_group("recipe settings (override the -c recipe; with --resume, the run's own recipe)")
     short = {"batch_size": ["-b"], "val_batch_size": ["-vb"], "workers": ["-j"]}
-    extra = {"TET": ["--tet"], "time_steps": ["--T"], "dim": ["--embed-dim"], "layer": ["--depth"]}
-    for key, (default, typ, help_) in SCHEMA.items():
+    extra = {"TET": ["--tet"], "time_steps": ["--T"], "dim": ["--embed-dim"], "layer": ["--depth"],
+             "initial_checkpoint": ["--init-from"]}
+    defaults = _default_texts()
+    for key, (default, typ, help_, _allowed) in SCHEMA.items():
         names = short.get(key, []) + [f"--{key.replace('_', '-')}"]
         if "_" in key:
             names.append(f"--{key}")
         names += extra.get(key, [])
         t = typ.replace("opt_", "")
-        shown = f" [default: {default}]"
-        if t == "bool":
+        shown = f" [default: {defaults[key]}]".replace("%", "%%")
+        help_ = help_.replace("%", "%%")
+        if t == "bool" and key.startswith("no_"):
+            pos = key[3:]
+            g.add_argument(*names, dest=f"r_{key}", action="store_const", const=True, default=None,
+                           help=help_ + shown)
+            g.add_argument(*dict.fromkeys([f"--{pos.replace('_', '-')}", f"--{pos}"]), dest=f"r_{key}",
+                           action="store_const", const=False, help=f"the opposite of --{key.replace('_', '-')}")
+        elif t == "bool":
             g.add_argument(*names, dest=f"r_{key}", action=argparse.BooleanOptionalAction, default=None,
                            help=help_ + shown)
         elif t in ("floats", "ints"):
@@ -129,5 +171,10 @@ def recipe_overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         if "=" not in item:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
-        out[k.strip().replace("-", "_")] = yaml.safe_load(v)
+        try:
+            out[k.strip().replace("-", "_")] = yaml.safe_load(v)
+        except yaml.YAMLError as e:
+            why = " ".join(str(getattr(e, "problem", None) or e).split())
+            raise ValueError(f"--set {item!r}: the value is not valid YAML ({why}); quote strings and close "
+                             f"brackets, e.g. --set scale='[0.5, 1.0]'") from None
     return out

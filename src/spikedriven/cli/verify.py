@@ -1,7 +1,7 @@
 """``spikedriven verify``: prove the spike-driven property of a model on an input (exit 1 if it does not hold)."""
 from __future__ import annotations
 
-from .common import LazyChoices, add_model_arguments, attention_names, shortcut_names
+from .common import LazyChoices, add_model_arguments, attention_names, positive_int, shortcut_names
 
 
 def register(sub) -> None:
@@ -12,7 +12,7 @@ def register(sub) -> None:
     p.add_argument("--attn-mode", choices=LazyChoices(attention_names), metavar="NAME",
                    help="swap the attention (V1 family ablations: the registered attention classes)")
     p.add_argument("--shortcut", choices=LazyChoices(shortcut_names), metavar="NAME", help="swap the shortcut (V1 family ablations)")
-    p.add_argument("--batch", type=int, default=2, help="random input batch (default: 2)")
+    p.add_argument("--batch", type=positive_int, default=2, help="random input batch (default: 2)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the input (default: 0)")
     p.add_argument("--quiet", action="store_true", help="print only the verdict and the violations")
     p.set_defaults(func=run)

@@ -37,7 +37,11 @@ def _load_input(args, model, meta):
         raise ValueError(f"{'--image' if args.image else '--data ' + args.data}: {src}")
     if args.image:
         return image_inputs(r, [args.image])[0]
-    return dataset_inputs(with_dataset(r, canonical_name(args.data), args.data_root), indices=[args.index])[0]
+    r = with_dataset(r, canonical_name(args.data), args.data_root)
+    try:
+        return dataset_inputs(r, indices=[args.index])[0]
+    except IndexError as e:
+        raise ValueError(f"--index {args.index}: {e}") from None
 
 
 def run(args) -> int:

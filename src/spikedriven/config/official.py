@@ -70,7 +70,8 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
         try:
             cfg = yaml.safe_load(f)
         except yaml.YAMLError as e:
-            raise ValueError(f"{path}: not valid YAML: {e}") from e
+            raise ValueError(f"{path}: not valid YAML (or a Python tag, which is never run): "
+                             f"{' '.join(str(e).split())}") from None
     if cfg is None:
         return {}
     if not isinstance(cfg, dict):

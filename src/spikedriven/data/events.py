@@ -18,7 +18,8 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import tempfile
+import secrets
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -72,23 +73,123 @@ def integrate_frames(events: dict, T: int, H: int, W: int, split_by: str = "numb
     return frames.reshape(T, 2, H, W)
 
 
+def validate_events(ev: dict, H: int, W: int, where: str = "events") -> dict:
+    """Events as read from a file, checked against the format: four 1-D numeric arrays t, x, y, p of one length;
+    finite timestamps; whole-number coordinates inside the ``W`` x ``H`` sensor; polarity 0/1 (or -1/1).
+    Returns them as int64 x, y, p and the original t; raises :class:`DatasetError` naming ``where``."""
+    out = {}
+    for k in ("t", "x", "y", "p"):
+        if k not in ev:
+            raise DatasetError(f"{where}: no {k!r} array (events need t, x, y, p)")
+        a = np.asarray(ev[k])
+        if a.ndim != 1:
+            raise DatasetError(f"{where}: {k!r} must be a 1-D array, got shape {list(a.shape)}")
+        if a.dtype.kind not in "biuf":
+            raise DatasetError(f"{where}: {k!r} must hold numbers, got dtype {a.dtype}")
+        out[k] = a
+    n = {k: len(v) for k, v in out.items()}
+    if len(set(n.values())) != 1:
+        raise DatasetError(f"{where}: event arrays differ in length ({', '.join(f'{k} {v}' for k, v in n.items())})")
+    if out["t"].dtype.kind == "f" and not np.isfinite(out["t"]).all():
+        raise DatasetError(f"{where}: {int((~np.isfinite(out['t'])).sum())} timestamp(s) are NaN/inf")
+    for k in ("x", "y", "p"):
+        a = out[k]
+        if a.dtype.kind == "f":
+            if not (np.isfinite(a).all() and (a == np.round(a)).all()):
+                raise DatasetError(f"{where}: {k!r} holds non-integer values (e.g. {a[a != np.round(a)][:1]}); event "
+                                   f"coordinates and polarities are whole numbers")
+        out[k] = a.astype(np.int64)
+    x, y, p = out["x"], out["y"], out["p"]
+    if len(x) and (x.min() < 0 or x.max() >= W or y.min() < 0 or y.max() >= H):
+        raise DatasetError(f"{where}: event coordinates outside the {W}x{H} sensor (x {x.min()}..{x.max()}, "
+                           f"y {y.min()}..{y.max()})")
+    if len(p) and not np.isin(p, (-1, 0, 1)).all():
+        raise DatasetError(f"{where}: polarity values must be 0/1 (or -1/1), got {sorted(set(p.tolist()))[:6]}")
+    return out
+
+
+def read_frames_npz(path, lim: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Event frames saved as .npz (``frames`` or the first array: [T,C,H,W] or [B,T,C,H,W]; optional ``labels``
+    [B]) as float32 [B,T,C,H,W] and int64 labels, checked: readable, not empty, finite, one label per sample."""
+    path = Path(path)
+    z = _np_load(path, "event frames (.npz)")
+    if not hasattr(z, "files"):
+        raise DatasetError(f"{path}: expected an .npz archive holding a 'frames' array")
+    with z:
+        if not z.files:
+            raise DatasetError(f"{path}: the .npz archive is empty; expected a 'frames' array [T,C,H,W] or "
+                               f"[B,T,C,H,W] (and optionally 'labels')")
+        key = "frames" if "frames" in z.files else z.files[0]
+        try:
+            x, y = z[key], (z["labels"] if "labels" in z.files else None)
+        except Exception as e:  # noqa: BLE001 - damaged member, object array
+            if "allow_pickle" in str(e):
+                raise DatasetError(f"{path}: refused: an array holds pickled Python objects, and event frames are "
+                                   f"plain numeric arrays (nothing in it was run)") from None
+            raise DatasetError(f"{path}: cannot read {key!r}: {type(e).__name__}: {' '.join(str(e).split())}") from None
+    if x.dtype.kind not in "biuf":
+        raise DatasetError(f"{path}: {key!r} must hold numbers, got dtype {x.dtype}")
+    x = x.astype(np.float32)
+    if x.ndim == 4:
+        x = x[None]
+    if x.ndim != 5 or not x.size:
+        raise DatasetError(f"{path}: expected event frames [T,C,H,W] or [B,T,C,H,W], got shape {list(x.shape)}")
+    if not np.isfinite(x).all():
+        raise DatasetError(f"{path}: {key!r} holds NaN/inf values")
+    if y is not None:
+        y = np.asarray(y)
+        if y.ndim != 1 or y.dtype.kind not in "iu" or len(y) != len(x):
+            raise DatasetError(f"{path}: 'labels' must be {len(x)} integer(s), one per sample of {key!r}, got "
+                               f"{y.dtype} {list(y.shape)}")
+        y = y.astype(np.int64)
+    if lim:
+        x, y = x[:lim], (y[:lim] if y is not None else None)
+    return x, y
+
+
 # ---------------------------------------------------------------------------------------------- readers
-def read_npz_events(path: Path) -> dict:
+# Arrays are read with allow_pickle=False: an object array (a pickle inside a .npy/.npz) is refused, never run.
+def _np_load(path: Path, what: str):
     try:
-        with np.load(path) as z:
+        return np.load(path, allow_pickle=False)
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise DatasetError(f"{path}: refused: the file holds pickled Python objects, and {what} are plain "
+                               f"numeric arrays (nothing in it was run)") from None
+        raise DatasetError(f"{path}: cannot read {what} ({' '.join(str(e).split())})") from None
+    except Exception as e:  # noqa: BLE001 - truncated zip (BadZipFile), EOF, permission, a directory...
+        raise DatasetError(f"{path}: cannot read {what}: {type(e).__name__}: {' '.join(str(e).split()) or 'empty'}"
+                           f" (truncated or not a NumPy file?)") from None
+
+
+def read_npz_events(path: Path) -> dict:
+    z = _np_load(path, "events (.npz with arrays t, x, y, p)")
+    if not hasattr(z, "files"):
+        raise DatasetError(f"{path}: expected an .npz archive with arrays t, x, y, p; it holds a single array")
+    try:
+        with z:
             missing = [k for k in ("t", "x", "y", "p") if k not in z.files]
             if missing:
                 raise DatasetError(f"{path}: npz has no {missing} array(s) (found {z.files}); expected t, x, y, p")
             return {k: z[k] for k in ("t", "x", "y", "p")}
-    except (OSError, ValueError) as e:
-        raise DatasetError(f"{path}: cannot read events ({e})") from e
+    except DatasetError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged member, an object array
+        if "allow_pickle" in str(e):
+            raise DatasetError(f"{path}: refused: an array holds pickled Python objects, and events are plain "
+                               f"numeric arrays (nothing in it was run)") from None
+        raise DatasetError(f"{path}: cannot read events: {type(e).__name__}: {' '.join(str(e).split())}") from None
 
 
 def read_tonic_npy(path: Path) -> dict:
-    a = np.load(path)
-    if a.ndim != 2 or a.shape[1] != 4:
-        raise DatasetError(f"{path}: expected an (N, 4) array of x, y, p, t(ms), got shape {a.shape}")
-    return {"x": a[:, 0], "y": a[:, 1], "p": a[:, 2], "t": a[:, 3].astype(np.int64) * 1000}
+    a = _np_load(path, "events (an (N, 4) array of x, y, p, t)")
+    if not isinstance(a, np.ndarray) or a.ndim != 2 or a.shape[1] != 4:
+        raise DatasetError(f"{path}: expected an (N, 4) array of x, y, p, t(ms), got shape "
+                           f"{getattr(a, 'shape', None)}")
+    t = a[:, 3]
+    if not np.issubdtype(t.dtype, np.number) or (t.dtype.kind == "f" and not np.isfinite(t).all()):
+        raise DatasetError(f"{path}: timestamps must be finite numbers")
+    return {"x": a[:, 0], "y": a[:, 1], "p": a[:, 2], "t": t.astype(np.int64) * 1000}
 
 
 def read_aedat4(path: Path) -> dict:
@@ -96,7 +197,10 @@ def read_aedat4(path: Path) -> dict:
         import aedat
     except ImportError as e:
         raise ImportError(f"reading {path} (.aedat4) needs the optional package `aedat`: pip install aedat") from e
-    parts = [pkt["events"] for pkt in aedat.Decoder(str(path)) if "events" in pkt]
+    try:
+        parts = [pkt["events"] for pkt in aedat.Decoder(str(path)) if "events" in pkt]
+    except Exception as e:  # noqa: BLE001 - the decoder's own error types
+        raise DatasetError(f"{path}: cannot read .aedat4 events ({type(e).__name__}: {e})") from None
     ev = np.concatenate(parts) if parts else np.zeros(0, dtype=[("t", "<u8"), ("x", "<u2"), ("y", "<u2"),
                                                                   ("on", "?")])
     pol = ev["on"] if "on" in ev.dtype.names else ev["p"]
@@ -126,7 +230,12 @@ class EventFrameDataset(Dataset):
             key = hashlib.sha1("\n".join(str(f) for f in files).encode()).hexdigest()[:10]
             self.cache = Path(cache_dir) / (f"frames_v{FRAME_FORMAT_VERSION}_T{T}_{split_by}_{self.H}x{self.W}"
                                             f"_r{resize or 0}_{key}")
-            self.cache.mkdir(parents=True, exist_ok=True)
+            try:
+                self.cache.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                warnings.warn(f"frame cache {self.cache} cannot be created ({e}); frames are rebuilt each time",
+                              stacklevel=2)
+                self.cache = None
 
     @property
     def num_classes(self) -> int:
@@ -135,17 +244,51 @@ class EventFrameDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
+    def _read_cached(self, cached: Path) -> torch.Tensor | None:
+        """A cached frame tensor, or None when there is none or it is not what this dataset writes (then it is
+        rebuilt from the events)."""
+        if not cached.is_file():
+            return None
+        side = self.resize or self.H, self.resize or self.W
+        try:
+            a = np.load(cached, allow_pickle=False)
+        except Exception:  # noqa: BLE001 - damaged or foreign cache file
+            return None
+        if not (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.shape == (self.T, 2, *side)
+                and np.isfinite(a).all()):
+            return None
+        return torch.from_numpy(a)
+
+    def _write_cache(self, cached: Path, out: torch.Tensor) -> None:
+        """Best effort: a cache that cannot be written (read-only folder, full disk) only costs time."""
+        tmp = cached.parent / f".{cached.name}.{secrets.token_hex(8)}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                np.save(f, out.numpy())
+            os.replace(tmp, cached)
+        except OSError as e:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            if not getattr(self, "_cache_warned", False):
+                self._cache_warned = True
+                warnings.warn(f"frame cache {self.cache} not written ({e}); frames are rebuilt each time",
+                              stacklevel=2)
+
     def frames(self, i: int) -> torch.Tensor:
         cached = self.cache / f"{i}.npy" if self.cache else None
-        if cached is not None and cached.is_file():
-            return torch.from_numpy(np.load(cached))
+        if cached is not None:
+            hit = self._read_cached(cached)
+            if hit is not None:
+                return hit
         path = self.files[i]
         reader = _READERS.get(path.suffix)
         if reader is None:
             raise DatasetError(f"{path}: unknown event file type (expected .npz, .npy or .aedat4)")
-        ev = reader(path)
-        order = np.argsort(np.asarray(ev["t"]), kind="stable")
-        ev = {k: np.asarray(v)[order] for k, v in ev.items()}
+        ev = validate_events(reader(path), self.H, self.W, str(path))
+        order = np.argsort(ev["t"], kind="stable")
+        ev = {k: v[order] for k, v in ev.items()}
         try:
             fr = integrate_frames(ev, self.T, self.H, self.W, self.split_by)
         except ValueError as e:
@@ -154,10 +297,7 @@ class EventFrameDataset(Dataset):
         if self.resize and self.resize != self.H:
             out = F.interpolate(out, size=(self.resize, self.resize), mode="bilinear", align_corners=False)
         if cached is not None:
-            fd, tmp = tempfile.mkstemp(dir=self.cache, suffix=".npy")
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, out.numpy())
-            os.replace(tmp, cached)
+            self._write_cache(cached, out)
         return out
 
     def __getitem__(self, i):
@@ -184,13 +324,28 @@ class TETFolderDataset(Dataset):
         return len(self.files)
 
     def __getitem__(self, i):
-        obj = torch.load(self.files[i], weights_only=True)
+        from ..checkpoint import CheckpointError, read_checkpoint_file
+
+        path = self.files[i]
+        try:  # weights_only: tensors and plain containers only, no pickled code runs
+            obj = read_checkpoint_file(path)
+        except CheckpointError as e:
+            raise DatasetError(f"cifar10-dvs-tet sample: {e}") from None
         if not (isinstance(obj, (tuple, list)) and len(obj) == 2):
-            raise DatasetError(f"{self.files[i]}: expected a (data, target) pair, got {type(obj).__name__}")
+            raise DatasetError(f"{path}: expected a (data, target) pair, got {type(obj).__name__}")
         data, target = obj
-        x = torch.as_tensor(data, dtype=torch.float32).movedim(-1, 0)  # [T, C, H, W]
+        if not isinstance(data, torch.Tensor) or data.ndim != 4 or data.is_complex() or data.dtype == torch.bool:
+            raise DatasetError(f"{path}: data must be a real tensor [C,H,W,T], got "
+                               f"{getattr(data, 'dtype', type(data).__name__)} {list(getattr(data, 'shape', []))}")
+        if isinstance(target, torch.Tensor) and target.numel() == 1 and not target.is_floating_point():
+            target = target.item()
+        if isinstance(target, bool) or not isinstance(target, int) or not 0 <= target < 10:
+            raise DatasetError(f"{path}: target must be a class index 0..9, got {target!r}")
+        x = data.to(torch.float32).movedim(-1, 0)  # [T, C, H, W]
+        if not torch.isfinite(x).all():
+            raise DatasetError(f"{path}: data holds NaN/inf values")
         x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        return (self.transform(x) if self.transform else x), int(target)
+        return (self.transform(x) if self.transform else x), target
 
 
 def _label_dirs(d: Path) -> list[Path]:
@@ -204,14 +359,19 @@ def gesture(root: str | None, split: str, T: int, cache_dir=None, split_by="numb
     sj = root_p / "events_np" / ("train" if split == "train" else "test")
     tonic = root_p / "DVSGesture" / ("ibmGestureTrain" if split == "train" else "ibmGestureTest")
     files, labels = [], []
+    def label(name: str, where: Path) -> int:
+        if not name.isdigit():
+            raise DatasetError(f"DVS128 Gesture: {where} is not named by a class index 0..10")
+        return int(name)
+
     if sj.is_dir():
         for d in _label_dirs(sj):
             for f in sorted(d.glob("*.npz")):
-                files.append(f), labels.append(int(d.name))
+                files.append(f), labels.append(label(d.name, d))
     elif tonic.is_dir():
         for d in sorted(p for p in tonic.iterdir() if p.is_dir()):
             for f in sorted(d.glob("*.npy")):
-                files.append(f), labels.append(int(f.stem))
+                files.append(f), labels.append(label(f.stem, f))
     if not files:
         raise DatasetError(f"DVS128 Gesture {split} events not found under {root_p}. Expected either the "
                            f"spikingjelly layout {sj}/<label 0-10>/*.npz (arrays t, x, y, p) or the tonic layout "

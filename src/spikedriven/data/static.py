@@ -17,7 +17,25 @@ from torch.utils.data import Dataset
 
 
 class DatasetError(FileNotFoundError):
-    """Dataset files are missing or malformed; the message names the path and the expected layout."""
+    """Dataset files are missing or malformed; the message names the path and the expected layout.
+
+    Raised inside a DataLoader worker, it reaches the main process with the original one-line message (the
+    worker's "Caught DatasetError in DataLoader worker process N ... Original Traceback" wrapper is removed)."""
+
+    def __init__(self, *args):
+        if len(args) == 1 and isinstance(args[0], str) and "Original Traceback" in args[0]:
+            args = (worker_error_message(args[0]),)
+        super().__init__(*args)
+
+
+def worker_error_message(text: str) -> str:
+    """The original message inside a DataLoader worker's re-raised error text (its traceback's last exception)."""
+    lines = text.splitlines()
+    for i in range(len(lines) - 1, -1, -1):
+        head, sep, rest = lines[i].partition(": ")
+        if sep and not lines[i].startswith(" ") and head.rsplit(".", 1)[-1].endswith(("Error", "Exception")):
+            return "\n".join([rest] + lines[i + 1:]).strip()
+    return text
 
 
 class ArrayImageDataset(Dataset):
@@ -93,10 +111,17 @@ def fashion_mnist(root: str | None, split: str, transform=None) -> ArrayImageDat
             f"On Debian/Ubuntu: `apt-get install dataset-fashion-mnist` installs them in {FASHION_DEFAULT_ROOT}.")
     images = read_idx(files["images-idx3-ubyte"])
     labels = read_idx(files["labels-idx1-ubyte"])
-    if images.ndim != 3 or labels.ndim != 1:
-        raise DatasetError(f"{files['images-idx3-ubyte']}: expected [N,28,28] images and [N] labels, got "
-                           f"{images.shape} and {labels.shape}")
-    if labels.size and labels.max() >= 10:
+    if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
+        raise DatasetError(f"{files['images-idx3-ubyte']}: Fashion-MNIST images are uint8 [N, 28, 28], got "
+                           f"{images.dtype} {list(images.shape)}")
+    if labels.ndim != 1 or labels.dtype != np.uint8:
+        raise DatasetError(f"{files['labels-idx1-ubyte']}: Fashion-MNIST labels are uint8 [N], got {labels.dtype} "
+                           f"{list(labels.shape)}")
+    if len(images) != len(labels):
+        raise DatasetError(f"{files['images-idx3-ubyte']}: {len(images)} images but {len(labels)} labels")
+    if not len(images):
+        raise DatasetError(f"{files['images-idx3-ubyte']}: the file holds no image (N = 0)")
+    if labels.max() >= 10:
         raise DatasetError(f"{files['labels-idx1-ubyte']}: label {labels.max()} out of range 0..9")
     return ArrayImageDataset(np.ascontiguousarray(images), labels, FASHION_CLASSES, transform)
 

@@ -30,9 +30,10 @@ _nhwc = nhwc
 
 
 def time_major_input(x: torch.Tensor, T: int, in_channels: int, stride: int, channels_last: bool,
-                     why: str) -> torch.Tensor:
+                     why: str, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Validate a model input and return ``[T, B, C, H, W]`` (static ``[B,C,H,W]`` repeated T times, event frames
-    ``[B,T,C,H,W]`` transposed). ``stride``: H and W must be divisible by it (``why`` says why)."""
+    ``[B,T,C,H,W]`` transposed). ``stride``: H and W must be divisible by it (``why`` says why). ``dtype``: the
+    model's parameter dtype; a floating input of another precision (float64, float16, bfloat16) is cast to it."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"expected a torch.Tensor input, got {type(x).__name__}")
     if x.ndim not in (4, 5):
@@ -42,9 +43,11 @@ def time_major_input(x: torch.Tensor, T: int, in_channels: int, stride: int, cha
         )
     if not x.is_floating_point():
         raise TypeError(
-            f"expected a floating-point input (float32, float64, bfloat16 or float16), got {x.dtype}; "
-            f"convert images with x.float() (and normalise them) first"
+            f"expected a floating-point input (float32, float64, float16 or bfloat16; cast to the model's dtype), "
+            f"got {x.dtype}; convert images with x.float() (and normalise them) first"
         )
+    if dtype is not None and x.dtype != dtype:
+        x = x.to(dtype)
     c, h, w = x.shape[-3:]
     if c != in_channels:
         raise ValueError(f"expected {in_channels} input channels (dim -3), got {c} in shape {tuple(x.shape)}")

@@ -223,7 +223,7 @@ class SpikeDrivenTransformer(nn.Module):
         """Validate the input and return ``[T, B, C, H, W]`` (static images repeated T times)."""
         return time_major_input(x, self.T, self.in_channels, self.downsample, self.channels_last,
                                 f"pooling_stat={self.pooling_stat!r} halves them {self.pooling_stat.count('1')} "
-                                f"times")
+                                f"times", dtype=self.patch_embed.proj_conv.weight.dtype)
 
     # ------------------------------------------------------------------ forward
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

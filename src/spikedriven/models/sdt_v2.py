@@ -467,7 +467,8 @@ class MetaSpikeFormer(nn.Module):
     def to_time_major(self, x: torch.Tensor) -> torch.Tensor:
         """Validate the input and return ``[T, B, C, H, W]`` (static images repeated T times)."""
         return time_major_input(x, self.T, self.in_channels, self.total_stride, self.channels_last,
-                                f"the total stride of downsample_strides={self.downsample_strides}")
+                                f"the total stride of downsample_strides={self.downsample_strides}",
+                                dtype=self.downsample1_1.encode_conv.weight.dtype)
 
     # ------------------------------------------------------------------ forward
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

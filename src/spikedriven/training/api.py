@@ -44,14 +44,22 @@ def _recipe_for(config, overrides: dict, warn: bool = True) -> Recipe:
 def read_resume_recipe(resume) -> dict | None:
     p = Path(resume)
     if p.is_dir():
+        if not (p / "last.pt").exists() and (p / "config.yaml").is_file():
+            # a run killed before its first last.pt: its resolved recipe, to start it over in its folder
+            from ..config.official import load_yaml
+
+            rec = load_yaml(p / "config.yaml")
+            return {**rec, "_explicit": list(rec)}  # config.yaml holds only the model keys the run set itself
         p = p / "last.pt"
     if not p.exists():
         raise FileNotFoundError(f"resume checkpoint not found: {p}")
-    from ..checkpoint import SAFE_GLOBALS
+    from ..checkpoint import CheckpointError, read_checkpoint_file
 
-    with torch.serialization.safe_globals(SAFE_GLOBALS):
-        ck = torch.load(p, map_location="cpu", weights_only=True)
-    return ck.get("recipe") if isinstance(ck, dict) else None
+    ck = read_checkpoint_file(p)
+    rec = ck.get("recipe") if isinstance(ck, dict) else None
+    if rec is not None and not isinstance(rec, dict):
+        raise CheckpointError(f"{p}: its 'recipe' entry is a {type(rec).__name__}, not a mapping of recipe keys")
+    return rec
 
 
 def train(config: str | os.PathLike | dict | None = None, datasets: dict | None = None, print_fn=print,
@@ -78,6 +86,7 @@ def train(config: str | os.PathLike | dict | None = None, datasets: dict | None 
         result["trainer"] = trainer
         return result
     finally:
+        trainer.close()
         if trainer.env.distributed:
             cleanup(trainer.env)
 
@@ -115,7 +124,10 @@ def evaluate_checkpoint(checkpoint: str | None = None, model_name: str | None = 
         if ov:
             r = resolve_recipe(r.resolved_dict(), ov, warn=False).adopt_model(model)
     r = with_dataset(r, canonical_name(dataset) if dataset else None, data_dir)
-    r["val_batch_size"], r["workers"], r["max_eval_samples"] = batch_size, workers, max_samples
+    from .recipe import check_value
+
+    r["val_batch_size"], r["workers"] = check_value("val_batch_size", batch_size), check_value("workers", workers)
+    r["max_eval_samples"] = check_value("max_eval_samples", max_samples)
     env = init_distributed(device)
     model.to(env.device)
     ds = build_datasets(r, splits=("test",))

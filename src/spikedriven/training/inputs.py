@@ -74,7 +74,7 @@ def dataset_inputs(r: Recipe, limit: int | None = None, seed: int = 0, split: st
     if indices is not None:
         bad = [i for i in indices if not 0 <= int(i) < len(ds)]
         if bad:
-            raise ValueError(f"sample index {bad[0]} is outside the {r.dataset_name} {split} split (0..{len(ds) - 1})")
+            raise IndexError(f"sample {bad[0]} is outside the {r.dataset_name} {split} split (0..{len(ds) - 1})")
         ids = np.asarray(indices, dtype=np.int64)
         n = len(ids)
     else:

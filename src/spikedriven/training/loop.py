@@ -20,13 +20,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import atomic_save, load_into_model, save_safetensors
+from ..checkpoint import atomic_save, load_checkpoint, load_state_into_model, save_safetensors
 from ..models.factory import build_model as _build_model
 from .data import _sample_seed, apply_mixup, batch_cutout, build_datasets, build_loaders, build_mixup
 from .distributed import DistEnv, all_reduce_sum, barrier, broadcast_object, init_distributed
 from .losses import build_train_criterion
 from .recipe import Recipe
-from .report import RunLogger, energy_summary, make_run_dir, plot_curve
+from .resume import check_labels as _check_labels
+from .resume import partial_line as _partial_line
+from .resume import restore, rng_state, set_rng_state
+from .report import RunLogger, energy_summary, open_run_dir, plot_curve, write_text_atomic
 
 __all__ = ["Trainer", "evaluate", "build_model", "rng_state", "set_rng_state", "unwrap"]
 
@@ -41,26 +44,6 @@ def build_model(r: Recipe):
     """The recipe's model (``models.build_model(recipe=r)``) and its constructor arguments."""
     model = _build_model(recipe=r)[0]
     return model, dict(model.model_kwargs)
-
-
-# ------------------------------------------------------------------------------------------- RNG state
-def rng_state() -> dict:
-    st = np.random.get_state()
-    return {"torch": torch.random.get_rng_state(), "python": random.getstate(),
-            "numpy": {"name": st[0], "key": torch.from_numpy(st[1].astype(np.int64)), "pos": int(st[2]),
-                      "has_gauss": int(st[3]), "cached_gaussian": float(st[4])},
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def set_rng_state(s: dict) -> None:
-    torch.random.set_rng_state(s["torch"])
-    py = s["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = s["numpy"]
-    np.random.set_state((n["name"], n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    if s.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
 
 
 def seed_everything(seed: int) -> None:
@@ -84,13 +67,14 @@ def evaluate(model: nn.Module, loader, device, env: DistEnv | None = None, amp_c
 
         it = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
     try:
-        for x, y in it:
-            x, y = x.to(device, non_blocking=True).float(), y.to(device, non_blocking=True)
+        for x, y_host in it:
+            x, y = x.to(device, non_blocking=True).float(), y_host.to(device, non_blocking=True)
             with (amp_ctx() if amp_ctx else nullcontext()):
                 out = model(x)
             out = out.float()
             if out.ndim == 3:  # TET model: per-step logits -> mean over T
                 out = out.mean(0)
+            _check_labels(y_host, out.shape[1])
             loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
             k = min(5, out.shape[1])
             top = out.topk(k, dim=1).indices
@@ -101,7 +85,9 @@ def evaluate(model: nn.Module, loader, device, env: DistEnv | None = None, amp_c
     finally:
         model.train(was)
     loss_sum, c1, c5, n = all_reduce_sum([loss_sum, c1, c5, n], env)
-    n = max(n, 1)
+    if n == 0:
+        raise ValueError("the evaluation set is empty: no sample to evaluate (check the dataset files and "
+                         "max_eval_samples)")
     return {"loss": loss_sum / n, "top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "n": int(n)}
 
 
@@ -153,8 +139,9 @@ class Trainer:
         seed_everything(int(r["seed"]))
         self.model, self.model_kwargs = build_model(r)
         r.adopt_model(self.model)
+        self._init_messages: list[str] = []
         if r.get("initial_checkpoint"):
-            load_into_model(self.model, r["initial_checkpoint"], strict=True)
+            self._load_initial(r["initial_checkpoint"], partial=bool(r.get("partial")))
         for n_, p in self.model.named_parameters():
             if n_.endswith("talking_heads.weight"):
                 p.requires_grad_(False)  # never used in the forward (official); frozen so DDP needs no search
@@ -222,6 +209,7 @@ class Trainer:
         self.elapsed_before = 0.0
         self.run_dir: Path | None = None
         self.logger: RunLogger | None = None
+        self._lock = None
         resume_path = self._resume_path()
         if resume_path is not None:
             self.load_state(resume_path)
@@ -302,30 +290,75 @@ class Trainer:
         if p.is_dir():
             p = p / "last.pt"
         if not p.exists():
+            if p.name == "last.pt" and (p.parent / "config.yaml").is_file():
+                # killed before its first last.pt: the run starts over in its own folder (nothing to continue)
+                self._restart_dir = p.parent
+                self._note(f"{p.parent} has no last.pt (the run stopped before its first checkpoint): starting it "
+                           f"over in its folder")
+                return None
             raise FileNotFoundError(f"resume checkpoint not found: {p}")
         return p
 
     def _setup_run_dir(self, resume_path: Path | None) -> None:
+        """Claim the run folder (rank 0; see ``report.open_run_dir``: locked for the run's life, refused when busy
+        or holding another run) and share it with the other ranks."""
         r = self.r
         if not r.get("save_checkpoints", True) and not r.get("output"):
             return
+        msg = None
         if self.env.is_main:
-            if resume_path is not None and not r.get("experiment"):
-                d = resume_path.parent
-            else:
-                default = f"{r.dataset_name or 'data'}-{self.model.model_name}-t{self.model.T}"
-                d = make_run_dir(r.get("output") or "runs", r.get("experiment") or "", default)
-            d = str(d)
-        else:
-            d = None
-        self.run_dir = Path(broadcast_object(d, self.env))
+            default = f"{r.dataset_name or 'data'}-{self.model.model_name}-t{self.model.T}"
+            try:
+                here = resume_path.parent if resume_path is not None else getattr(self, "_restart_dir", None)
+                d, self._lock, removed = open_run_dir(r.get("output") or "runs", r.get("experiment") or "", default,
+                                                      here)
+                msg = str(d)
+            except Exception as e:  # noqa: BLE001 - sent to every rank, then raised
+                msg, err = None, e
+        shared = broadcast_object(msg if self.env.is_main else None, self.env)
+        if shared is None:
+            if self.env.is_main:
+                raise err
+            raise RuntimeError("rank 0 could not claim the run folder (see its message)")
+        self.run_dir = Path(shared)
         if self.env.is_main:
-            (self.run_dir / "config.yaml").write_text(
-                "# resolved recipe (spikedriven train --config this-file reproduces the run)\n" + self.r.to_yaml())
+            write_text_atomic(self.run_dir / "config.yaml", "# resolved recipe (spikedriven train --config "
+                              "this-file reproduces the run)\n" + self.r.to_yaml())
             self.logger = RunLogger(self.run_dir, tensorboard=bool(r.get("tensorboard")),
-                                    resume=resume_path is not None)
+                                    resume=resume_path is not None or getattr(self, "_restart_dir", None) is not None)
+            if self._lock is not None and self._lock.stale:
+                self._note(f"took over the stale lock of a run that no longer runs ({self._lock.stale})")
+            if removed:
+                self._note(f"removed {len(removed)} temporary file(s) left by an interrupted write: "
+                           f"{', '.join(sorted(removed))}")
             for w in self.warnings:
                 self.logger.log(f"warning: {w}")
+
+    def _note(self, msg: str) -> None:
+        self._init_messages.append(msg)
+
+    def close(self) -> None:
+        """Release the run folder (its lock); called when the run ends, however it ends."""
+        if self.logger is not None:
+            self.logger.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __del__(self):
+        try:
+            if getattr(self, "_lock", None) is not None:
+                self._lock.release()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    def _load_initial(self, path, partial: bool) -> None:
+        """``initial_checkpoint``: start from these weights, strictly; with ``partial`` only the keys the file and
+        the model share, and say which were not loaded."""
+        sd, _ = load_checkpoint(path)
+        info = load_state_into_model(self.model, sd, strict=not partial, source=str(path))
+        if partial:
+            self._note(_partial_line(path, info))
 
     def log(self, msg: str) -> None:
         if self.env.is_main:
@@ -351,7 +384,7 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": rng_state(),
             "model_kwargs": dict(self.model_kwargs),
-            "recipe": {k: v for k, v in self.r.items()},
+            "recipe": {**self.r, "_explicit": sorted(self.r.explicit)},  # explicit: which model keys were set
             "best_metric": self.best_metric,
             "best_epoch": self.best_epoch,
             "history": list(self.history),
@@ -363,43 +396,9 @@ class Trainer:
         return st
 
     def load_state(self, path: Path) -> None:
-        from ..checkpoint import SAFE_GLOBALS
-
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            ck = torch.load(path, map_location="cpu", weights_only=True)
-        if "next_epoch" not in ck:  # an official / foreign checkpoint: weights (+ optimizer) and epoch only
-            load_into_model(self.model, path, strict=False)
-            if not self.r.get("no_resume_opt") and "optimizer" in ck:
-                self.optimizer.load_state_dict(ck["optimizer"])
-            self.epoch = int(ck.get("epoch", -1)) + 1
-            if self.scheduler is not None:
-                self.scheduler.step(self.epoch)
-            self.log(f"resumed weights from {path} (foreign checkpoint), starting at epoch {self.epoch}")
-            return
-        self.model.load_state_dict(ck["state_dict"], strict=True)
-        if self.r.get("no_resume_opt"):
-            self.epoch = int(ck["next_epoch"]) + (1 if ck["next_batch"] else 0)
-            self.log(f"loaded weights only from {path}; starting at epoch {self.epoch}")
-            return
-        self.optimizer.load_state_dict(ck["optimizer"])
-        if self.scheduler is not None and ck.get("scheduler") is not None:
-            self.scheduler.load_state_dict(ck["scheduler"])
-        if self.scaler is not None and ck.get("scaler") is not None:
-            self.scaler.load_state_dict(ck["scaler"])
-        if self.ema is not None and ck.get("state_dict_ema") is not None:
-            self.ema.module.load_state_dict(ck["state_dict_ema"])
-        self.epoch, self.batch_in_epoch = int(ck["next_epoch"]), int(ck["next_batch"])
-        self.global_step = int(ck["global_step"])
-        self.loss_sum, self.loss_n = float(ck["train_loss_sum"]), int(ck["train_loss_n"])
-        self.best_metric, self.best_epoch = ck.get("best_metric"), int(ck.get("best_epoch", -1))
-        self.history = list(ck.get("history", []))
-        self.elapsed_before = float(ck.get("elapsed_s", 0.0))
-        if int(ck.get("world_size", 1)) == self.env.world:
-            set_rng_state(ck["rng"])
-        else:
-            self._warn(f"resuming with {self.env.world} process(es) from a {ck.get('world_size')}-process run: "
-                       f"training continues, but not bit-identically")
-        self.log(f"resumed {path}: epoch {self.epoch}, batch {self.batch_in_epoch}, step {self.global_step}")
+        """Continue from ``path``: our checkpoint exactly (weights, optimizer, schedule, RNG, position), a foreign
+        one by its weights (strictly unless ``partial``) and epoch (``training.resume.restore``)."""
+        restore(self, path)
 
     def save(self, name: str) -> None:
         if self.env.is_main and self.run_dir is not None and self.r.get("save_checkpoints", True):
@@ -425,6 +424,7 @@ class Trainer:
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         r = self.r
+        _check_labels(y, self.num_classes)  # on the host tensor: no device synchronisation
         x = x.to(self.device, non_blocking=True).float()
         y = y.to(self.device, non_blocking=True)
         step_seed = _sample_seed(int(r["seed"]) + 7919 * self.env.rank, self.epoch, self.batch_in_epoch)
@@ -468,6 +468,8 @@ class Trainer:
         """Train until the schedule ends or the stop policy (``stop_after_steps``, ``time_limit``) says so."""
         self._t0 = time.time()
         self.log(self._describe())
+        for m in self._init_messages:
+            self.log(m)
         if self.run_dir is not None:
             self.log(f"run folder: {self.run_dir}")
         stop = StopPolicy(self.r, self.env)
@@ -485,8 +487,7 @@ class Trainer:
             self._end_epoch(epoch, t_ep, reason)
         barrier(self.env)
         result = self._final(reason == "steps")
-        if self.logger:
-            self.logger.close()
+        self.close()
         return result
 
     def _describe(self) -> str:
@@ -642,7 +643,10 @@ def _cpu_has_native_bf16() -> bool:
 
 def _metric_key(r) -> str:
     m = (r.get("eval_metric") or "top1").lower()
-    return {"top1": "top1", "top5": "top5", "loss": "eval_loss", "eval_loss": "eval_loss"}.get(m, "top1")
+    keys = {"top1": "top1", "top5": "top5", "loss": "eval_loss", "eval_loss": "eval_loss"}
+    if m not in keys:
+        raise ValueError(f"eval_metric must be one of {', '.join(keys)}, got {m!r}")
+    return keys[m]
 
 
 def _clip(params, value: float, mode: str) -> None:

@@ -1,32 +1,222 @@
-"""Run folder (rank 0 only): resolved config, metrics CSV, TensorBoard, training-curve PNG, summaries."""
+"""Run folder (rank 0 only): resolved config, metrics CSV, TensorBoard, training-curve PNG, summaries.
+
+A run folder belongs to one run: :func:`open_run_dir` creates it (default names are made unique by an atomic
+``mkdir``), takes its lock (:class:`RunLock`, held until the run ends; a lock left by a killed process is
+detected as stale and taken over), refuses a folder that already holds another run's files, and removes the
+temporary files a killed writer left behind.
+"""
 from __future__ import annotations
 
 import csv
+import io
+import itertools
 import os
+import socket
 import time
 from pathlib import Path
 
 from torch import nn
 
+from ..checkpoint import atomic_write_bytes, remove_stale_temp_files
 from ..energy.profile import profile_model
 from ..probe import firing_rates
 
-__all__ = ["RunLogger", "make_run_dir", "firing_summary", "energy_summary", "plot_curve"]
+__all__ = ["RunLogger", "RunLock", "RunFolderError", "make_run_dir", "open_run_dir", "run_files", "firing_summary",
+           "energy_summary", "plot_curve", "write_text_atomic"]
 
 METRIC_FIELDS = ["epoch", "step", "train_loss", "eval_loss", "top1", "top5", "ema_top1", "ema_top5", "lr",
                  "epoch_time_s", "elapsed_s"]
 
+LOCK_NAME = ".spikedriven.lock"
+# what a run writes into its folder; a folder holding any of these (with results) belongs to a run already
+RUN_FILES = ("last.pt", "best.pt", "best.safetensors", "metrics.csv", "config.yaml", "train.log", "curve.png", "tb")
+# temporary names of earlier versions (before every write went through atomic_write_bytes)
+_OLD_TEMPS = ("metrics.csv.tmp", "curve.png.tmp.png")
+
+
+class RunFolderError(RuntimeError):
+    """The run folder is in use by another run, or holds a finished one."""
+
+
+def write_text_atomic(path, text: str) -> None:
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+
+    atomic_write_bytes(path, write)
+
 
 def make_run_dir(output: str, experiment: str, default_name: str) -> Path:
-    name = experiment or f"{time.strftime('%Y%m%d-%H%M%S')}-{default_name}"
-    d = Path(output) / name
-    if not experiment and d.exists():
-        i = 1
-        while (Path(output) / f"{name}-{i}").exists():
-            i += 1
-        d = Path(output) / f"{name}-{i}"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    """``output/experiment`` (created if needed), or a new uniquely named ``output/<timestamp>-<default_name>[-i]``
+    claimed with an atomic ``mkdir`` (two runs started in the same second get different folders)."""
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    if experiment:
+        d = out / experiment
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{default_name}"
+    for i in itertools.count():
+        d = out / (name if i == 0 else f"{name}-{i}")
+        try:
+            d.mkdir()
+            return d
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
+
+
+class RunLock:
+    """An exclusive lock on a run folder (``.spikedriven.lock``), held for the run's life.
+
+    ``fcntl.flock``: the kernel drops the lock when its process dies (kill -9 included), so a lock file left by a
+    dead run is stale and simply taken over. Without ``fcntl`` (Windows) the file is created exclusively and
+    holds the owner's pid; a lock whose pid no longer runs on this host is removed as stale."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
+        self.fd: int | None = None
+        self.stale: str | None = None  # the previous holder's line when a stale lock was taken over
+
+    def _holder(self) -> str:
+        try:
+            return self.path.read_text().strip() or "unknown process"
+        except OSError:
+            return "unknown process"
+
+    def _busy(self) -> RunFolderError:
+        return RunFolderError(f"run folder {self.folder} is in use by another run ({self._holder()}); wait for it "
+                              f"to end, or choose another --experiment name")
+
+    def acquire(self) -> "RunLock":
+        try:
+            import fcntl
+        except ImportError:
+            fcntl = None
+        me = f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        while True:
+            if fcntl is None:
+                try:
+                    fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+                except FileExistsError:
+                    if self._holder_alive():
+                        raise self._busy() from None
+                    self.stale = self._holder()
+                    try:
+                        os.unlink(self.path)
+                    except OSError:
+                        pass
+                    continue
+            else:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    os.close(fd)
+                    raise self._busy() from None
+                try:  # the holder before us may have unlinked the file we locked while releasing it
+                    same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+                except FileNotFoundError:
+                    same = False
+                if not same:
+                    os.close(fd)
+                    continue
+                previous = os.read(fd, 4096).decode(errors="replace").strip()
+                if previous:
+                    self.stale = previous
+                os.lseek(fd, 0, os.SEEK_SET)
+                os.ftruncate(fd, 0)
+            os.write(fd, (me + "\n").encode())
+            self.fd = fd
+            return self
+
+    def _holder_alive(self) -> bool:
+        line = self._holder()
+        try:
+            pid = int(line.split()[1])
+        except (IndexError, ValueError):
+            return True
+        if socket.gethostname() not in line:
+            return True  # another host's run: cannot tell, assume alive
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:
+            return True
+        return True
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+        try:
+            import fcntl
+
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        except (ImportError, OSError):
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+    def __del__(self):
+        try:
+            self.release()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+def run_files(folder) -> list[str]:
+    """The files of a run (checkpoints, metrics with rows, logs) that ``folder`` holds. A folder whose run left
+    nothing but its recipe, a log and an empty metrics table (stopped before the first epoch ended) counts as
+    empty: nothing of value would be overwritten."""
+    folder = Path(folder)
+    found = [n for n in RUN_FILES if (folder / n).exists()]
+    valuable = [n for n in found if n not in ("config.yaml", "train.log", "metrics.csv", "tb")]
+    if not valuable and "metrics.csv" in found and read_metrics(folder / "metrics.csv"):
+        valuable.append("metrics.csv")
+    return found if valuable else []
+
+
+def open_run_dir(output: str, experiment: str, default_name: str, resume_from: Path | None = None
+                 ) -> tuple[Path, RunLock, list[str]]:
+    """Claim the run folder: ``(folder, its held RunLock, stale temporary files removed)``.
+
+    The folder is the resumed checkpoint's when resuming without ``experiment``, else ``output/experiment``,
+    else a new unique ``output/<timestamp>-<default_name>``. Refused (:class:`RunFolderError`): a folder another
+    live run holds, and a folder holding another run's results unless this run resumes from it."""
+    if resume_from is not None and not experiment:
+        d = Path(resume_from)
+    else:
+        d = make_run_dir(output, experiment, default_name)
+    lock = RunLock(d).acquire()
+    try:
+        resuming_here = resume_from is not None and Path(resume_from).resolve() == d.resolve()
+        if not resuming_here:
+            existing = run_files(d)
+            if existing:
+                raise RunFolderError(
+                    f"run folder {d} already holds a run ({', '.join(existing)}); continue it with --resume {d}, "
+                    f"or choose another --experiment name (delete the folder to start it over)")
+        removed = remove_stale_temp_files(d)
+        for n in _OLD_TEMPS:
+            if (d / n).is_file():
+                (d / n).unlink()
+                removed.append(n)
+    except BaseException:
+        lock.release()
+        raise
+    return d, lock, removed
 
 
 class RunLogger:
@@ -45,8 +235,7 @@ class RunLogger:
             except Exception as e:  # noqa: BLE001 - tensorboard is optional at run time
                 self.log(f"TensorBoard disabled: {e}")
         if not resume or not self.csv_path.exists():
-            with open(self.csv_path, "w", newline="") as f:
-                csv.writer(f).writerow(METRIC_FIELDS)
+            write_text_atomic(self.csv_path, ",".join(METRIC_FIELDS) + "\r\n")
 
     def log(self, msg: str) -> None:
         with open(self.log_path, "a") as f:
@@ -61,13 +250,12 @@ class RunLogger:
         rows = read_metrics(self.csv_path)
         rows = [r for r in rows if int(r["epoch"]) < int(row["epoch"])]
         rows.append({k: row.get(k, "") for k in METRIC_FIELDS})
-        tmp = self.csv_path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: _fmt(r.get(k, "")) for k in METRIC_FIELDS})
-        os.replace(tmp, self.csv_path)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=METRIC_FIELDS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: _fmt(r.get(k, "")) for k in METRIC_FIELDS})
+        write_text_atomic(self.csv_path, buf.getvalue())
         step = int(row.get("step") or row["epoch"])
         for k in ("train_loss", "eval_loss", "top1", "top5", "ema_top1", "lr"):
             v = row.get(k)
@@ -78,6 +266,7 @@ class RunLogger:
         if self.tb is not None:
             self.tb.flush()
             self.tb.close()
+            self.tb = None
 
 
 def _fmt(v):
@@ -132,10 +321,10 @@ def plot_curve(csv_path, png_path, title: str = "") -> bool:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    tmp = str(png_path) + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, png_path)
+    try:
+        atomic_write_bytes(png_path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
     return True
 
 
