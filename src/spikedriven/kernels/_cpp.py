@@ -121,8 +121,8 @@ class CppExtension:
 
 
 LIF_EXT = CppExtension("lif_cpu.cpp", "spikedriven_lif", "lif_fwd", "LIF kernel", "the torch reference on CPU")
-ENGINE_EXT = CppExtension("engine_cpu.cpp", "spikedriven_engine", "sparse_linear", "event-engine kernels",
-                          "the numba kernels")
+ENGINE_EXT = CppExtension("engine_cpu.cpp", "spikedriven_engine", "token_mean", "event-engine kernels",
+                          "the numba kernels if numba is installed")
 
 
 def load(verbose: bool = False) -> bool:
