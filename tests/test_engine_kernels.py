@@ -31,11 +31,6 @@ def kernels(backend):
     return CppKernels(threads=2)
 
 
-def _ops():
-    kernels("cpp")
-    return torch.ops.spikedriven_engine
-
-
 def run_sparse_linear(backend, *args):
     kernels(backend).sparse_linear(*args)
 
@@ -333,14 +328,17 @@ def test_erode_kernels_match_max_pool(backend, p):
 
 
 def test_cpp_kernels_reject_bad_arguments():
-    ops = _ops()
-    t = torch.from_numpy
+    K = kernels("cpp")
     idx, cnt = to_csr(binary((4, 6), 0.5, 1))
     wt, b, out = np.zeros((6, 8), np.float32), np.zeros(8, np.float32), np.zeros((4, 8), np.float32)
     with pytest.raises(RuntimeError, match="wt must be Float"):
-        ops.sparse_linear(t(idx), t(cnt), t(wt.astype(np.float64)), t(b), t(NO_RES), t(out), 1)
+        K.sparse_linear(idx, cnt, wt.astype(np.float64), b, NO_RES, out)
     with pytest.raises(RuntimeError, match="out/bias shape mismatch"):
-        ops.sparse_linear(t(idx), t(cnt), t(wt), t(b), t(NO_RES), t(out[:, :5].copy()), 1)
+        K.sparse_linear(idx, cnt, wt, b, NO_RES, out[:, :5].copy())
+    with pytest.raises(RuntimeError, match="out must be contiguous"):
+        K.sparse_linear(idx, cnt, wt, b, NO_RES, np.zeros((8, 4), np.float32).T)  # a transposed view: not written
+    with pytest.raises(TypeError, match="unsupported array dtype"):
+        K.token_mean(np.zeros((4, 2), np.complex64), 1, 1, 4, np.zeros((1, 2), np.float32))
 
 
 @pytest.mark.parametrize("p", DENSITIES)
