@@ -30,8 +30,8 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(__file__))
 
 
-def fmnist_test(size: int, mean: float, std: float, limit: int | None):
-    root = "/usr/share/datasets/fashion-mnist"
+def fmnist_test(size: int, mean: float, std: float, limit: int | None,
+                root: str = "/usr/share/datasets/fashion-mnist"):
     with gzip.open(os.path.join(root, "t10k-images-idx3-ubyte.gz")) as f:
         x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)[:limit]
     with gzip.open(os.path.join(root, "t10k-labels-idx1-ubyte.gz")) as f:
@@ -114,16 +114,20 @@ def main(argv=None):
     ap.add_argument("--thr-reps", type=int, default=12)
     ap.add_argument("--backends", nargs="+", default=["cpp", "numba"], choices=["cpp", "numba"],
                     help="engine kernel backends to time; the first one is the engine of the speedup columns")
+    ap.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist",
+                    help="folder with the Fashion-MNIST t10k IDX files")
     ap.add_argument("--out", default="runs/bench_engine.json")
     a = ap.parse_args(argv)
-    import numba
+    numba = None
+    if "numba" in a.backends:  # the cpp backend runs without numba
+        import numba
 
     from spikedriven.engine import compile_model, scale_thresholds
     from spikedriven.inference import prepare_inference
 
     model, mean, std = load(a)
-    x, y = fmnist_test(model.img_size, mean, std, None)
-    result = {"checkpoint": a.checkpoint, "torch": torch.__version__, "numba": numba.__version__,
+    x, y = fmnist_test(model.img_size, mean, std, None, a.data_dir)
+    result = {"checkpoint": a.checkpoint, "torch": torch.__version__, "numba": numba and numba.__version__,
               "cpu_count": os.cpu_count(), "backends": a.backends}
     if a.agreement:
         t0 = time.perf_counter()
@@ -148,7 +152,8 @@ def main(argv=None):
     rows = []
     for n in a.threads:
         torch.set_num_threads(n)
-        numba.set_num_threads(n)
+        if numba is not None:
+            numba.set_num_threads(n)
         cl, be = best_dense(model, n, xs1, xs16)
         print(f"## {n} thread(s): dense path = fold_bn + inference_mode, channels_last={cl}, lif_backend={be}\n",
               flush=True)

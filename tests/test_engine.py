@@ -1,6 +1,9 @@
-"""Event-driven engine vs the PyTorch model: logits/spikes, accumulation counts, CLI, missing numba."""
+"""Event-driven engine vs the PyTorch model: logits/spikes, accumulation counts, CLI, backends, missing numba."""
+import json
 import os
+import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -14,18 +17,55 @@ from spikedriven.model import calibrate_bn
 pytestmark = pytest.mark.usefixtures("reference_lif")  # tests/conftest.py
 
 
-def test_missing_numba_gives_clear_import_error(monkeypatch):
+def _cpp_or_skip():
+    from spikedriven.kernels._cpp import ENGINE_EXT
+
+    if not ENGINE_EXT.load():
+        pytest.skip("C++ engine kernels did not build here")
+
+
+def test_missing_numba_gives_one_line_error(monkeypatch):
+    """numba "not installed" (every `import numba` raises): backend numba is refused with one line that says what to
+    install, as an ImportError and a RuntimeError (the CLI prints RuntimeErrors as one line); the C++ backend runs."""
     import spikedriven.engine as eng
 
     monkeypatch.setitem(sys.modules, "numba", None)
-    with pytest.raises(ImportError, match="pip install numba"):
-        eng.compile_model(SpikeDrivenTransformer(img_size=16, in_channels=1, num_classes=2, embed_dim=8, depth=0,
-                                                 T=1))
+    model = SpikeDrivenTransformer(img_size=16, in_channels=1, num_classes=2, embed_dim=8, depth=0, T=1).eval()
+    with pytest.raises(eng.EngineBackendError, match="pip install numba") as ei:
+        eng.compile_model(model, backend="numba")
+    assert isinstance(ei.value, ImportError) and isinstance(ei.value, RuntimeError)
+    assert "\n" not in str(ei.value)
+    assert not eng.numba_available()
+    _cpp_or_skip()
+    for backend in ("cpp", "auto"):
+        e = eng.compile_model(model, backend=backend)
+        assert e.backend == "cpp" and e.run(torch.randn(2, 1, 16, 16)).logits.shape == (2, 2)
 
 
-numba = pytest.importorskip("numba")
-from spikedriven.engine import compare_with_model, compile_model, expected_sops, scale_thresholds
-from spikedriven.engine.validate import model_spikes
+def test_no_cpp_and_no_numba_says_what_to_install(monkeypatch):
+    from spikedriven.engine import executor
+    from spikedriven.kernels import _cpp
+
+    ext = _cpp.CppExtension("engine_cpu.cpp", "no_such_namespace", "x", "event-engine kernels", "the numba kernels")
+
+    def broken(verbose=False):
+        raise RuntimeError("error: command 'c++' failed\nninja: build stopped: subcommand failed.")
+
+    monkeypatch.setattr(ext, "_build", broken)
+    monkeypatch.setattr(_cpp, "ENGINE_EXT", ext)
+    monkeypatch.setitem(sys.modules, "numba", None)
+    with pytest.warns(RuntimeWarning):
+        with pytest.raises(executor.EngineBackendError) as ei:
+            executor.resolve_backend("auto")
+    msg = str(ei.value)
+    assert "C++ compiler" in msg and "ninja" in msg and "pip install numba" in msg and "\n" not in msg
+    with pytest.raises(executor.EngineBackendError, match="engine backend 'cpp' is unavailable") as ei:
+        executor.resolve_backend("cpp")
+    assert "\n" not in str(ei.value)
+
+
+from spikedriven.engine import compare_with_model, compile_model, expected_sops, scale_thresholds  # noqa: E402
+from spikedriven.engine.validate import model_spikes  # noqa: E402
 
 
 def _calibrated(seed=0, x=None, **kw):
@@ -86,17 +126,115 @@ def test_trained_model_logits_and_spikes(trained_digits):
 
 
 def test_backends_are_bit_identical(trained_digits):
-    from spikedriven.kernels._cpp import ENGINE_EXT
-
+    pytest.importorskip("numba")
+    _cpp_or_skip()
     model, x, _ = trained_digits
-    if not ENGINE_EXT.load():
-        pytest.skip("C++ engine kernels did not build here")
-    a = compile_model(model, threads=2, backend="numba").run(x)
-    b = compile_model(model, threads=1, backend="cpp").run(x)
+    a = compile_model(model, threads=2, backend="numba").run(x, record=True)
+    b = compile_model(model, threads=1, backend="cpp").run(x, record=True)
     np.testing.assert_array_equal(a.logits, b.logits)
+    assert a.spikes.keys() == b.spikes.keys()
+    for k in a.spikes:
+        np.testing.assert_array_equal(a.spikes[k], b.spikes[k], err_msg=k)
     assert [(c.name, c.acc, c.active_inputs) for c in a.counts] == [(c.name, c.acc, c.active_inputs) for c in b.counts]
     with pytest.raises(ValueError, match="engine backend must be one of"):
         compile_model(model, backend="cuda")
+
+
+@pytest.mark.parametrize("kw", [
+    dict(pooling_stat="1111", img_size=32, embed_dim=16, depth=2),  # OR-pools and the real max-pool
+    dict(pooling_stat="0101", spike_mode="plif"),
+    dict(in_channels=2, pooling_stat="0011", img_size=16, T=3, dvs_mode=True, tet=True),  # Erode
+])
+def test_backends_bit_identical_variants(kw):
+    """Every kernel path (dense/OR pools, PLIF, event frames, DVS Erode, TET) gives the same bits on both backends."""
+    pytest.importorskip("numba")
+    _cpp_or_skip()
+    x = torch.poisson(torch.full((3, kw["T"], 2, 16, 16), 0.4)) if kw.get("in_channels") == 2 else None
+    model, x = _calibrated(1, x, **kw)
+    a = compile_model(model, backend="numba").run(x, record=True)
+    b = compile_model(model, backend="cpp").run(x, record=True)
+    np.testing.assert_array_equal(a.logits, b.logits)
+    for k in a.spikes:
+        np.testing.assert_array_equal(a.spikes[k], b.spikes[k], err_msg=k)
+    assert [(c.name, c.acc, c.nominal) for c in a.counts] == [(c.name, c.acc, c.nominal) for c in b.counts]
+
+
+_NO_NUMBA_SCRIPT = textwrap.dedent("""
+    import io, json, sys
+    from contextlib import redirect_stderr
+    import numpy as np, torch
+    ck, xfile, out = sys.argv[1:4]
+    from spikedriven import SpikeDrivenTransformer
+    from spikedriven.engine import compile_model
+    meta = torch.load(ck, weights_only=True)
+    model = SpikeDrivenTransformer(**meta["model_kwargs"])
+    model.load_state_dict(meta["state_dict"])
+    x = torch.from_numpy(np.load(xfile))
+    res = {}
+    # numba installed but not chosen: the engine and its C++ backend do not import it
+    compile_model(model.eval(), threads=1, backend="cpp").run(x)
+    res["numba_imported_by_cpp"] = "numba" in sys.modules
+    sys.modules["numba"] = None  # from here on, numba is "not installed": every `import numba` raises ImportError
+    for backend in ("cpp", "auto"):
+        eng = compile_model(model, threads=1, backend=backend)
+        np.save(out + f".{backend}.npy", eng.run(x).logits)
+        res[backend] = eng.backend
+    try:
+        compile_model(model, backend="numba")
+    except ImportError as e:
+        res["numba_error"] = str(e)
+    from spikedriven.cli import main
+    for backend in ("numba", "cpp"):
+        err = io.StringIO()
+        with redirect_stderr(err):
+            rc = main(["infer", "--checkpoint", ck, "--engine", "events", "--engine-backend", backend,
+                       "--data", "digits", "--limit", "4"])
+        res[f"cli_{backend}"] = [rc, err.getvalue()]
+    res["numba_modules"] = sorted(m for m, v in sys.modules.items() if m.startswith("numba") and v is not None)
+    print(json.dumps(res))
+""")
+
+
+def test_cpp_backend_runs_a_trained_model_without_numba(trained_digits, tmp_path):
+    """In a fresh interpreter where numba cannot be imported: the cpp (and auto) backend runs the trained model with
+    the predictions of the PyTorch model and, bit for bit, the logits of this process's engine; asking for numba
+    gives one line saying `pip install numba`, as an exception and from `spikedriven infer`."""
+    _cpp_or_skip()
+    import spikedriven
+
+    model, x, _ = trained_digits
+    ck = tmp_path / "m.pth"
+    kw = dict(img_size=16, in_channels=1, num_classes=10, embed_dim=32, depth=1, T=4, pooling_stat="0011")
+    torch.save({"state_dict": model.state_dict(), "model_kwargs": kw, "recipe": {"dataset": "digits"}}, ck)
+    np.save(tmp_path / "x.npy", x.numpy())
+    src = os.path.dirname(os.path.dirname(spikedriven.__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
+    p = subprocess.run([sys.executable, "-c", _NO_NUMBA_SCRIPT, str(ck), str(tmp_path / "x.npy"),
+                        str(tmp_path / "logits")], capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    assert res["numba_imported_by_cpp"] is False and res["numba_modules"] == []
+    assert res["cpp"] == res["auto"] == "cpp"
+    ref = compile_model(model, backend="numba" if _has_numba() else "cpp").run(x)
+    with torch.no_grad():
+        dense = model(x).numpy()
+    for backend in ("cpp", "auto"):
+        logits = np.load(tmp_path / f"logits.{backend}.npy")
+        np.testing.assert_array_equal(logits, ref.logits)  # bit-identical to the numba backend here
+        assert (logits.argmax(1) == dense.argmax(1)).all()
+    assert "pip install numba" in res["numba_error"] and "\n" not in res["numba_error"]
+    rc, err = res["cli_numba"]
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "pip install numba" in err, err
+    rc, err = res["cli_cpp"]
+    assert rc == 0, err
+
+
+def _has_numba():
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 @pytest.mark.parametrize("kw", [
@@ -125,6 +263,7 @@ def test_engine_matches_model_variants(kw):
 
 
 def test_engine_falls_back_to_numba_when_the_cpp_build_fails(monkeypatch):
+    pytest.importorskip("numba")
     from spikedriven.engine import executor
     from spikedriven.kernels import _cpp
 

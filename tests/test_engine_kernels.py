@@ -1,15 +1,12 @@
-"""Each sparse kernel of the event-driven engine equals its dense PyTorch counterpart (random binary inputs).
-
-The kernels that have a C++ twin (LIF to CSR, sparse linear, sparse 3x3 conv, q/k/v LIF + SDSA) run on both
-backends, which must agree bit for bit."""
+"""Each kernel of the event-driven engine equals its dense PyTorch counterpart (random binary inputs), on both
+backends: the numba kernels (``engine/kernels.py``) and their C++ twins (``engine/cpp_kernels.py``, every kernel
+the executor runs). The two backends must agree bit for bit (``test_backends_bit_identical_*``)."""
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-pytest.importorskip("numba")
-from spikedriven.engine import kernels as K  # noqa: E402
-from spikedriven.neuron import lif_multistep_reference  # noqa: E402
+from spikedriven.neuron import lif_multistep_reference
 
 DENSITIES = [0.0, 0.01, 0.1, 0.5, 1.0]
 NO_RES = np.zeros((0, 0), np.float32)
@@ -18,33 +15,32 @@ NO_RES = np.zeros((0, 0), np.float32)
 BACKENDS = ["numba", "cpp"]
 
 
-def _ops():
+def kernels(backend):
+    """The kernel set of a backend (same functions, same arguments); skips where it is not available here."""
+    if backend == "numba":
+        pytest.importorskip("numba")
+        from spikedriven.engine import kernels as K
+
+        return K
     from spikedriven.kernels._cpp import ENGINE_EXT
 
     if not ENGINE_EXT.load():
         pytest.skip("C++ engine kernels did not build here")
-    return torch.ops.spikedriven_engine
+    from spikedriven.engine.cpp_kernels import CppKernels
+
+    return CppKernels(threads=2)
 
 
-def run_sparse_linear(backend, idx, cnt, wt, b, res, out):
-    if backend == "numba":
-        return K.sparse_linear(idx, cnt, wt, b, res, out)
-    t = torch.from_numpy
-    _ops().sparse_linear(t(idx), t(cnt), t(wt), t(b), t(res), t(out), 2)
+def run_sparse_linear(backend, *args):
+    kernels(backend).sparse_linear(*args)
 
 
-def run_sparse_conv3x3(backend, idx, cnt, NB, H, W, w, b, res, out, acc):
-    if backend == "numba":
-        return K.sparse_conv3x3(idx, cnt, NB, H, W, w, b, res, out, acc)
-    t = torch.from_numpy
-    _ops().sparse_conv3x3(t(idx), t(cnt), NB, H, W, t(w), t(b), t(res), t(out), t(acc), 2)
+def run_sparse_conv3x3(backend, *args):
+    kernels(backend).sparse_conv3x3(*args)
 
 
-def run_lif_csr(backend, x, T, vth, k, tau, divide, idx, cnt):
-    if backend == "numba":
-        return K.lif_csr(x, T, vth, k, tau, divide, idx, cnt)
-    t = torch.from_numpy
-    _ops().lif_csr(t(x), T, float(vth), float(k), float(tau), divide, t(idx), t(cnt), 2)
+def run_lif_csr(backend, *args):
+    kernels(backend).lif_csr(*args)
 
 
 def binary(shape, p, seed):
@@ -106,8 +102,9 @@ def test_sparse_conv3x3_matches_conv2d_and_counts(backend, p, hw):
     assert int(acc.sum()) == int(window.sum().item()) * Cout
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("p", [0.1, 1.0])
-def test_dense_conv3x3_matches_conv2d(p):
+def test_dense_conv3x3_matches_conv2d(backend, p):
     NB, H, W, Cin, Cout = 2, 6, 9, 3, 8
     g = np.random.default_rng(5)
     x = (g.standard_normal((NB, H, W, Cin)) * binary((NB, H, W, Cin), p, 6)).astype(np.float32)
@@ -115,16 +112,18 @@ def test_dense_conv3x3_matches_conv2d(p):
     b = g.standard_normal(Cout).astype(np.float32)
     out = np.empty((NB * H * W, Cout), np.float32)
     macs = np.empty(NB * H, np.int64)
-    K.dense_conv3x3(x.reshape(-1, Cin), NB, H, W, np.ascontiguousarray(w.transpose(1, 2, 3, 0)), b, out, macs)
+    kernels(backend).dense_conv3x3(x.reshape(-1, Cin), NB, H, W, np.ascontiguousarray(w.transpose(1, 2, 3, 0)), b, out, macs)
     ref = F.conv2d(torch.from_numpy(x).permute(0, 3, 1, 2), torch.from_numpy(w), torch.from_numpy(b), padding=1)
     np.testing.assert_allclose(out, ref.permute(0, 2, 3, 1).reshape(-1, Cout).numpy(), rtol=1e-5, atol=1e-4)
     inb = F.conv2d(torch.ones(1, 1, H, W), torch.ones(1, 1, 3, 3), padding=1).sum().item()
     assert int(macs.sum()) == NB * int(inb) * Cin * Cout  # dense: every in-bounds tap, zero or not
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("p", DENSITIES)
-@pytest.mark.parametrize("hw", [(8, 8), (6, 10)])
-def test_pools_match_max_pool2d(p, hw):
+@pytest.mark.parametrize("hw", [(8, 8), (6, 10), (7, 5)])
+def test_pools_match_max_pool2d(backend, p, hw):
+    K = kernels(backend)
     H, W = hw
     NB, C = 2, 10
     s = binary((NB, H, W, C), p, 7)
@@ -148,6 +147,7 @@ def test_pools_match_max_pool2d(p, hw):
 @pytest.mark.parametrize("vth", [1.0, 0.5, 0.37])
 @pytest.mark.parametrize("static", [False, True])
 def test_lif_kernels_bit_exact(backend, vth, static):
+    K = kernels(backend)
     T, R, C = 5, 33, 17
     g = np.random.default_rng(9)
     x = (g.standard_normal((1 if static else T, R, C)) * 1.5).astype(np.float32)
@@ -157,7 +157,7 @@ def test_lif_kernels_bit_exact(backend, vth, static):
     np.testing.assert_array_equal(s, ref)
     idx = np.empty((T * R, C), np.int32)
     cnt = np.empty(T * R, np.int32)
-    run_lif_csr(backend, x, T, np.float32(vth), np.float32(0.5), np.float32(2.0), False, idx, cnt)
+    K.lif_csr(x, T, np.float32(vth), np.float32(0.5), np.float32(2.0), False, idx, cnt)
     got = np.zeros((T * R, C), np.uint8)
     for r in range(T * R):
         got[r, idx[r, :cnt[r]]] = 1
@@ -166,7 +166,7 @@ def test_lif_kernels_bit_exact(backend, vth, static):
     ref3 = lif_multistep_reference(torch.from_numpy(x).expand(T, R, C), v_threshold=vth, tau=3.0).numpy()
     K.lif_dense(x, T, np.float32(vth), np.float32(1 / 3), np.float32(3.0), True, s)
     np.testing.assert_array_equal(s, ref3.astype(np.uint8))
-    run_lif_csr(backend, x, T, np.float32(vth), np.float32(1 / 3), np.float32(3.0), True, idx, cnt)
+    K.lif_csr(x, T, np.float32(vth), np.float32(1 / 3), np.float32(3.0), True, idx, cnt)
     got[:] = 0
     for r in range(T * R):
         got[r, idx[r, :cnt[r]]] = 1
@@ -198,15 +198,147 @@ def test_cpp_and_numba_kernels_bit_identical(p):
     np.testing.assert_array_equal(accs[0], accs[1])
 
 
+def csr_dense(idx, cnt, C):
+    """CSR rows -> dense uint8 (entries of idx past cnt are scratch, backend-dependent, and ignored)."""
+    out = np.zeros((len(cnt), C), np.uint8)
+    for r in range(len(cnt)):
+        out[r, idx[r, :cnt[r]]] = 1
+    return out
+
+
+def random_bits(T, B, D, N, p, seed):
+    """Token-packed spikes [T, B, D, ceil(N/64)] with bits >= N zero, and the same spikes dense [T, B, D, N]."""
+    s = binary((T, B, D, N), p, seed)
+    NW = (N + 63) // 64
+    padded = np.zeros((T, B, D, NW * 64), np.uint8)
+    padded[..., :N] = s
+    return np.packbits(padded, axis=-1, bitorder="little").view(np.uint64).copy(), s
+
+
+F32 = np.float32
+PLIF_K = F32(1 / (1 + np.exp(-0.3)))  # a decay that is not a power of two
+
+
+def _case_lif(K, p):
+    T, R, C = 4, 23, 45
+    g = np.random.default_rng(20)
+    x = (g.standard_normal((T, R, C)) * (3 * p + 0.2)).astype(F32)
+    outs = []
+    for xx in (x, x[:1].copy()):  # per-step input and a static input repeated at every step
+        for k, tau, div in ((F32(0.5), F32(2), False), (PLIF_K, F32(1), False), (F32(1 / 3), F32(3), True)):
+            idx, cnt = np.empty((T * R, C), np.int32), np.empty(T * R, np.int32)
+            K.lif_csr(xx, T, F32(0.8), k, tau, div, idx, cnt)
+            s = np.empty((T, R, C), np.uint8)
+            K.lif_dense(xx, T, F32(0.8), k, tau, div, s)
+            outs += [csr_dense(idx, cnt, C), cnt, s]
+    return outs
+
+
+def _case_dense_conv(K, p):
+    g = np.random.default_rng(21)
+    outs = []
+    for NB, H, W, Cin, Cout in ((2, 6, 9, 3, 20), (1, 5, 4, 2, 70), (3, 4, 4, 1, 16)):
+        x = (g.standard_normal((NB * H * W, Cin)) * binary((NB * H * W, Cin), p, 22) * 4).astype(F32)
+        w = g.standard_normal((Cin, 3, 3, Cout)).astype(F32)
+        b = g.standard_normal(Cout).astype(F32)
+        out, macs = np.empty((NB * H * W, Cout), F32), np.empty(NB * H, np.int64)
+        K.dense_conv3x3(x, NB, H, W, w, b, out, macs)
+        outs += [out, macs]
+    return outs
+
+
+def _case_pools(K, p):
+    g = np.random.default_rng(23)
+    outs = []
+    for NB, H, W, C in ((2, 8, 8, 10), (3, 7, 5, 33)):
+        H2, W2 = (H - 1) // 2 + 1, (W - 1) // 2 + 1
+        s = binary((NB * H * W, C), p, 24)
+        idx, cnt = np.empty((NB * H2 * W2, C), np.int32), np.empty(NB * H2 * W2, np.int32)
+        K.or_pool_csr(s, NB, H, W, idx, cnt)
+        x = g.standard_normal((NB * H * W, C)).astype(F32)
+        out = np.empty((NB * H2 * W2, C), F32)
+        K.max_pool_dense(x, NB, H, W, out)
+        outs += [csr_dense(idx, cnt, C), cnt, out]
+    return outs
+
+
+def _case_sdsa(K, p):
+    T, B, N, D, d = 3, 2, 70, 24, 3  # N = 7 x 10 tokens: two words, the second partly used
+    g = np.random.default_rng(25)
+    pre = (g.standard_normal((T, B * N, 3 * D)) * (1 + 2 * p)).astype(F32)
+    NW = (N + 63) // 64
+    bits = [np.zeros((T, B, D, NW), np.uint64) for _ in range(4)]
+    mask = np.empty((T, B, D), np.uint8)
+    nargs = (F32(1), F32(.5), F32(2), F32(1), PLIF_K, F32(1), F32(1), F32(.5), F32(2), F32(.5), F32(.5), F32(2))
+    K.qkv_lif_sdsa(pre, T, B, N, D, *nargs, False, *bits, mask)
+    qb, kb, vb, yb = bits
+    outs = [*bits, mask]
+    ke, ve, kv, ym, y2 = (np.zeros_like(kb) for _ in range(5))
+    K.erode_grid(kb, 7, 10, ke)
+    K.erode_grid(vb, 7, 10, ve)
+    K.erode_heads(np.bitwise_and(ke, ve), N, d, kv)
+    m2 = np.empty((T, B, D), np.uint8)
+    K.sdsa_mask(qb, kv, F32(.5), F32(.5), F32(2), False, ym, m2)
+    K.erode_heads(ym, N, d, y2)
+    idx, cnt = np.empty((T * B * N, D), np.int32), np.empty(T * B * N, np.int32)
+    K.tokenbits_to_csr(y2, N, idx, cnt)
+    return outs + [ke, ve, kv, ym, m2, y2, csr_dense(idx, cnt, D), cnt]
+
+
+def _case_token_mean(K, p):
+    T, B, N, D = 2, 3, 49, 70
+    x = (np.random.default_rng(26).standard_normal((T * B * N, D)) * (1 + 10 * p)).astype(F32)
+    out = np.empty((T * B, D), F32)
+    K.token_mean(x, T, B, N, out)
+    return [out]
+
+
+@pytest.mark.parametrize("p", [0.05, 0.3, 1.0])
+@pytest.mark.parametrize("case", [_case_lif, _case_dense_conv, _case_pools, _case_sdsa, _case_token_mean],
+                         ids=lambda f: f.__name__[6:])
+def test_backends_bit_identical_every_kernel(case, p):
+    """Every other kernel the executor runs: the C++ twin returns exactly the numba kernel's outputs."""
+    a, b = case(kernels("numba"), p), case(kernels("cpp"), p)
+    assert len(a) == len(b)
+    for i, (u, v) in enumerate(zip(a, b)):
+        assert u.dtype == v.dtype and u.shape == v.shape, i
+        np.testing.assert_array_equal(u, v, err_msg=f"output {i}")
+    assert any(np.any(u) for u in a)  # the case exercises something
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.5])
+def test_erode_kernels_match_max_pool(backend, p):
+    """DVS Erode: erode_grid = 3x3/s1/p1 max-pool over the H x W token grid per channel; erode_heads = the same
+    over (token, lane) inside each head of d lanes (channel = head * d + lane)."""
+    K = kernels(backend)
+    T, B, H, W, D, d = 2, 2, 7, 10, 12, 4
+    N = H * W
+    bits, s = random_bits(T, B, D, N, p, 27)
+    mp = lambda a: F.max_pool2d(torch.from_numpy(a).float(), 3, 1, 1).numpy().astype(np.uint8)
+    out = np.zeros_like(bits)
+    K.erode_grid(bits, H, W, out)
+    unpack = lambda bb: np.unpackbits(bb.view(np.uint8), axis=-1, bitorder="little")[..., :N]
+    np.testing.assert_array_equal(unpack(out), mp(s.reshape(T * B * D, H, W)).reshape(T, B, D, N))
+    out[:] = 0
+    K.erode_heads(bits, N, d, out)
+    heads = s.reshape(T, B, D // d, d, N).transpose(0, 1, 2, 4, 3).reshape(-1, N, d)  # [.., token, lane]
+    ref = mp(heads).reshape(T, B, D // d, N, d).transpose(0, 1, 2, 4, 3).reshape(T, B, D, N)
+    np.testing.assert_array_equal(unpack(out), ref)
+
+
 def test_cpp_kernels_reject_bad_arguments():
-    ops = _ops()
-    t = torch.from_numpy
+    K = kernels("cpp")
     idx, cnt = to_csr(binary((4, 6), 0.5, 1))
     wt, b, out = np.zeros((6, 8), np.float32), np.zeros(8, np.float32), np.zeros((4, 8), np.float32)
     with pytest.raises(RuntimeError, match="wt must be Float"):
-        ops.sparse_linear(t(idx), t(cnt), t(wt.astype(np.float64)), t(b), t(NO_RES), t(out), 1)
+        K.sparse_linear(idx, cnt, wt.astype(np.float64), b, NO_RES, out)
     with pytest.raises(RuntimeError, match="out/bias shape mismatch"):
-        ops.sparse_linear(t(idx), t(cnt), t(wt), t(b), t(NO_RES), t(out[:, :5].copy()), 1)
+        K.sparse_linear(idx, cnt, wt, b, NO_RES, out[:, :5].copy())
+    with pytest.raises(RuntimeError, match="out must be contiguous"):
+        K.sparse_linear(idx, cnt, wt, b, NO_RES, np.zeros((8, 4), np.float32).T)  # a transposed view: not written
+    with pytest.raises(TypeError, match="unsupported array dtype"):
+        K.token_mean(np.zeros((4, 2), np.complex64), 1, 1, 4, np.zeros((1, 2), np.float32))
 
 
 @pytest.mark.parametrize("p", DENSITIES)
@@ -225,11 +357,8 @@ def test_sdsa_bitpacked_matches_masks(p, backend, D):
     mask = np.empty((T, B, D), np.uint8)
     f = np.float32
     nargs = (f(1), f(.5), f(2), f(1), f(.5), f(2), f(1), f(.5), f(2), f(.5), f(.5), f(2))
-    if backend == "numba":
-        K.qkv_lif_sdsa(pre, T, B, N, D, *nargs, False, *bits, mask)
-    else:
-        t = torch.from_numpy
-        _ops().qkv_lif_sdsa(t(pre), T, B, N, D, *map(float, nargs), False, *map(t, bits), t(mask), 2)
+    K = kernels(backend)
+    K.qkv_lif_sdsa(pre, T, B, N, D, *nargs, False, *bits, mask)
     xt = torch.from_numpy(pre).reshape(T, B, N, 3 * D)
     q, k, v = (lif_multistep_reference(xt[..., i * D:(i + 1) * D]) for i in range(3))
     m = lif_multistep_reference((k * v).sum(2, keepdim=True), v_threshold=0.5)  # [T,B,1,D]
@@ -251,13 +380,17 @@ def test_sdsa_bitpacked_matches_masks(p, backend, D):
     np.testing.assert_array_equal(got.reshape(T, B, N, D), y)
 
 
-def test_token_mean_and_popcount():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_token_mean(backend):
     T, B, N, D = 2, 3, 49, 16
     x = np.random.default_rng(12).standard_normal((T * B * N, D)).astype(np.float32)
     out = np.empty((T * B, D), np.float32)
-    K.token_mean(x, T, B, N, out)
+    kernels(backend).token_mean(x, T, B, N, out)
     np.testing.assert_allclose(out, x.reshape(T * B, N, D).mean(1), rtol=1e-5, atol=1e-6)
 
+
+def test_popcount():
+    K = kernels("numba")
     from numba import njit
 
     @njit

@@ -1,35 +1,27 @@
 """Event-driven inference engine: a trained Spike-driven Transformer run with sparse additions and bit masks.
 
     from spikedriven.engine import compile_model
-    eng = compile_model(model, threads=2)        # BN folded, weights re-laid out, numba kernels
+    eng = compile_model(model, threads=2)        # BN folded, weights re-laid out, C++ (or numba) kernels
     res = eng.run(x)                             # x: [B,C,H,W] images or [B,T,C,H,W] event frames
     res.logits, res.predictions, res.counts      # counts: per-layer accumulations actually performed
 
 Every layer whose input is spikes accumulates weight rows for the active inputs only (1x1 convs, linears and
 3x3 convs); SDSA runs on token-bit-packed spikes (K AND V, popcount over tokens, threshold, AND with Q); the
-encoding conv is the only dense layer. Needs ``numba`` (optional dependency, extra ``engine``).
-See docs/engine.md.
+encoding conv is the only dense layer. Backend ``cpp`` (the default where it builds) needs a C++ compiler and ninja,
+not numba; backend ``numba`` needs ``numba`` (optional dependency, extra ``engine``), imported only when it is
+chosen. See docs/engine.md.
 """
 from __future__ import annotations
 
 __all__ = ["compile_model", "EventEngine", "EngineResult", "LayerCount", "scale_thresholds", "expected_sops",
-           "compare_with_model", "numba_available"]
+           "compare_with_model", "numba_available", "EngineBackendError", "resolve_backend"]
 
 
 def numba_available() -> bool:
-    try:
-        import numba  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether numba can be imported (the ``numba`` backend); imports it if so."""
+    from .executor import numba_available as available
 
-
-def _require_numba():
-    if not numba_available():
-        raise ImportError(
-            "spikedriven.engine needs numba for its event-driven kernels, and it is not installed. "
-            "Install it with `pip install numba` (or `pip install spikedriven[engine]`)."
-        )
+    return available()
 
 
 def _require_cpu_model(model) -> None:
@@ -45,21 +37,24 @@ def compile_model(model, threads: int | None = None, backend: str = "auto"):
     """Compile a (trained) ``SpikeDrivenTransformer`` into an :class:`EventEngine` (eval semantics).
 
     BatchNorm is folded into the convs; the model itself is not modified. ``threads``: threads used by each run
-    (None: all cores). ``backend``: ``"cpp"`` (C++ kernels for the neuron and accumulation layers, compiled on
-    first use), ``"numba"`` (numba only) or ``"auto"`` (``cpp`` if it builds); the results are bit-identical.
-    The engine runs on the CPU only: a model with parameters or buffers on another device (CUDA, meta) is refused.
+    (None: all cores). ``backend``: ``"cpp"`` (C++ kernels for every step, compiled on first use; needs a C++
+    compiler and ninja, not numba), ``"numba"`` (numba kernels; needs numba) or ``"auto"`` (``cpp`` if it builds,
+    else ``numba`` if installed); the results are bit-identical. A backend that cannot run raises
+    :class:`~spikedriven.engine.executor.EngineBackendError` (an ImportError and a RuntimeError) with one line saying
+    what to install. The engine runs on the CPU only: a model with parameters or buffers on another device (CUDA,
+    meta) is refused.
     """
     _require_cpu_model(model)
-    _require_numba()
+    from .executor import EventEngine, resolve_backend
+
+    backend = resolve_backend(backend)  # before compiling: a missing dependency fails fast
     from .compiler import compile_plan
-    from .executor import EventEngine
 
     return EventEngine(compile_plan(model), threads=threads, backend=backend)
 
 
-def __getattr__(name):  # lazy, so that `import spikedriven.engine` works (and the CLI lists) without numba
-    if name in ("EventEngine", "EngineResult", "LayerCount"):
-        _require_numba()
+def __getattr__(name):  # lazy: `import spikedriven.engine` imports neither torch nor numba
+    if name in ("EventEngine", "EngineResult", "LayerCount", "EngineBackendError", "resolve_backend"):
         from . import executor
 
         return getattr(executor, name)

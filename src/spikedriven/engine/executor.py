@@ -4,6 +4,10 @@ Execution is layer-major: each layer is computed for all T steps and all samples
 then its neuron runs sequentially over t per neuron. This is exactly the per-time-step semantics of the model
 (the network has no feedback across layers, so layer l at step t depends on layers < l at steps <= t only) and
 gives every kernel T*B*N independent rows to spread over threads.
+
+Kernels: backend ``cpp`` runs every step through ``cpp_kernels.CppKernels`` (C++, no numba), backend ``numba``
+through the numba module ``kernels`` (imported only then); both have the same functions and give bit-identical
+results.
 """
 from __future__ import annotations
 
@@ -11,10 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import kernels as K
 from .compiler import Conv3x3, Linear, Neuron, Plan
 
-__all__ = ["LayerCount", "EngineResult", "EventEngine", "BACKENDS", "resolve_backend"]
+__all__ = ["LayerCount", "EngineResult", "EventEngine", "BACKENDS", "resolve_backend", "EngineBackendError",
+           "numba_available"]
 
 _NO_RES = np.zeros((0, 0), np.float32)
 
@@ -86,71 +90,98 @@ def _unpack_tokens(bits, N):
 BACKENDS = ("auto", "cpp", "numba")
 
 
+class EngineBackendError(ImportError, RuntimeError):
+    """The chosen engine backend cannot run here (a missing optional dependency, or a C++ build that failed).
+
+    One line that says what to install. An ImportError (a missing package) and a RuntimeError (what the command
+    line reports as one line instead of a traceback)."""
+
+
+def numba_available() -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _last_line(exc) -> str:
+    lines = [ln.strip() for ln in str(exc or "").splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {lines[-1][:200]}" if lines else type(exc).__name__
+
+
+_NUMBA_HINT = "`pip install numba` (or `pip install spikedriven[engine]`)"
+_CPP_HINT = "a C++ compiler (g++ or clang++) and ninja"
+
+
 def resolve_backend(backend: str = "auto") -> str:
-    """``cpp``: the register-blocked C++ kernels (``kernels/csrc/engine_cpu.cpp``, compiled on first use) for the
-    neuron-to-CSR and sparse-accumulation layers, numba for the rest; ``numba``: numba kernels only; ``auto``:
-    ``cpp`` if it builds, else ``numba`` (after one warning). Both give bit-identical results."""
+    """``cpp``: the C++ kernels (``kernels/csrc/engine_cpu.cpp``, compiled on first use) for every step, no numba
+    needed; ``numba``: the numba kernels (needs numba); ``auto``: ``cpp`` if it builds (needs a C++ compiler and
+    ninja), else ``numba`` if installed, else :class:`EngineBackendError` saying what to install. Both backends
+    give bit-identical results."""
     if backend not in BACKENDS:
         raise ValueError(f"engine backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "numba":
+        if not numba_available():
+            raise EngineBackendError(f"engine backend 'numba' needs numba, which is not installed: {_NUMBA_HINT}; "
+                                     f"or use backend 'cpp', which needs {_CPP_HINT} instead")
         return backend
     from ..kernels._cpp import ENGINE_EXT
 
-    ok = ENGINE_EXT.load()
-    if backend == "cpp" and not ok:
-        raise RuntimeError(f"engine backend 'cpp' is unavailable: the C++ build failed ({ENGINE_EXT.error!r})")
-    return "cpp" if ok else "numba"
+    if ENGINE_EXT.load():
+        return "cpp"
+    why = _last_line(ENGINE_EXT.error)
+    if backend == "cpp":
+        raise EngineBackendError(f"engine backend 'cpp' is unavailable: the C++ build failed ({why}); it needs "
+                                 f"{_CPP_HINT}, or use the numba backend ({_NUMBA_HINT})")
+    if numba_available():
+        return "numba"
+    raise EngineBackendError(f"spikedriven.engine needs {_CPP_HINT} for its C++ kernels (the build failed: {why}), "
+                             f"or numba for its numba kernels: {_NUMBA_HINT}")
+
+
+def _kernels(backend: str, threads: int | None):
+    """The kernel set of a resolved backend: functions with the signatures of ``engine/kernels.py``."""
+    if backend == "cpp":
+        from .cpp_kernels import CppKernels
+
+        return CppKernels(threads)
+    from . import kernels  # numba, imported only for this backend
+
+    return kernels
 
 
 class EventEngine:
-    """Event-driven executor of a compiled Spike-driven Transformer (see ``spikedriven.engine.compile``)."""
+    """Event-driven executor of a compiled Spike-driven Transformer (see ``spikedriven.engine.compile_model``)."""
 
     def __init__(self, plan: Plan, threads: int | None = None, backend: str = "auto"):
         self.plan = plan
         self.threads = threads
         self.backend = resolve_backend(backend)
+        self.K = _kernels(self.backend, threads)
 
     # ------------------------------------------------------------------ helpers
-    def _ops(self):
-        import torch
-
-        return torch.ops.spikedriven_engine, torch.from_numpy, int(self.threads or 0)
-
     def _lif_csr(self, x, n: Neuron, T):
         R, C = x.shape[1], x.shape[2]
         idx = np.empty((T * R, C), np.int32)
         cnt = np.empty(T * R, np.int32)
-        if self.backend == "cpp":
-            ops, t, th = self._ops()
-            ops.lif_csr(t(x), T, float(n.vth), float(n.k), float(n.tau), bool(n.divide), t(idx), t(cnt), th)
-        else:
-            K.lif_csr(x, T, n.vth, n.k, n.tau, n.divide, idx, cnt)
+        self.K.lif_csr(x, T, n.vth, n.k, n.tau, n.divide, idx, cnt)
         return idx, cnt
 
     def _lif_dense(self, x, n: Neuron, T):
         s = np.empty((T,) + x.shape[1:], np.uint8)
-        K.lif_dense(x, T, n.vth, n.k, n.tau, n.divide, s)
+        self.K.lif_dense(x, T, n.vth, n.k, n.tau, n.divide, s)
         return s
 
     def _linear(self, idx, cnt, lin: Linear, resid=None):
         out = np.empty((cnt.shape[0], lin.wt.shape[1]), np.float32)
-        res = _NO_RES if resid is None else resid
-        if self.backend == "cpp":
-            ops, t, th = self._ops()
-            ops.sparse_linear(t(idx), t(cnt), t(lin.wt), t(lin.b), t(res), t(out), th)
-        else:
-            K.sparse_linear(idx, cnt, lin.wt, lin.b, res, out)
+        self.K.sparse_linear(idx, cnt, lin.wt, lin.b, _NO_RES if resid is None else resid, out)
         return out
 
     def _conv(self, idx, cnt, NB, H, W, conv: Conv3x3, resid=None):
         out = np.empty((NB * H * W, conv.w.shape[3]), np.float32)
         acc = np.empty(NB * H, np.int64)
-        res = _NO_RES if resid is None else resid
-        if self.backend == "cpp":
-            ops, t, th = self._ops()
-            ops.sparse_conv3x3(t(idx), t(cnt), NB, H, W, t(conv.w), t(conv.b), t(res), t(out), t(acc), th)
-        else:
-            K.sparse_conv3x3(idx, cnt, NB, H, W, conv.w, conv.b, res, out, acc)
+        self.K.sparse_conv3x3(idx, cnt, NB, H, W, conv.w, conv.b, _NO_RES if resid is None else resid, out, acc)
         return out, int(acc.sum())
 
     # ------------------------------------------------------------------ input
@@ -191,9 +222,12 @@ class EventEngine:
     # ------------------------------------------------------------------ forward
     def run(self, x, record: bool = False) -> EngineResult:
         """Run one batch. ``x``: torch tensor or array, [B,C,H,W] (static) or [B,T,C,H,W] (events)."""
-        import numba
+        K = self.K
+        if self.backend == "cpp":
+            K.threads = int(self.threads or 0)  # OpenMP threads per call (0: all cores)
+        elif self.threads:
+            import numba
 
-        if self.threads:
             numba.set_num_threads(int(self.threads))
         p = self.plan
         T = p.T
@@ -270,12 +304,7 @@ class EventEngine:
             if len({q.divide, k_.divide, v.divide, m.divide}) != 1:
                 raise NotImplementedError("mixed neuron decay modes inside one SDSA")
             nargs = (q.vth, q.k, q.tau, k_.vth, k_.k, k_.tau, v.vth, v.k, v.tau, m.vth, m.k, m.tau)
-            if self.backend == "cpp":
-                ops, t, th = self._ops()
-                ops.qkv_lif_sdsa(t(P.reshape(T, B * N, 3 * D)), T, B, N, D, *map(float, nargs), bool(q.divide),
-                                 *map(t, bits), t(mask), th)
-            else:
-                K.qkv_lif_sdsa(P.reshape(T, B * N, 3 * D), T, B, N, D, *nargs, q.divide, *bits, mask)
+            K.qkv_lif_sdsa(P.reshape(T, B * N, 3 * D), T, B, N, D, *nargs, q.divide, *bits, mask)
             qb, kb, vb, yb = bits
             if p.dvs_mode:  # the fused kernel's mask is replaced: Erode k and v, then K&V, then the head layout
                 dh = D // p.num_heads

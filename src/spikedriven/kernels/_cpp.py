@@ -1,5 +1,6 @@
 """CPU backend: the C++ kernel in ``csrc/lif_cpu.cpp``, compiled on first use; its ops feed ``kernels.autograd``.
-(``csrc/engine_cpu.cpp``, the event engine's kernels, is built by the same :class:`CppExtension` machinery.)
+(``csrc/engine_cpu.cpp``, the event engine's kernels, is built by the same :class:`CppExtension` machinery, as a
+Python module whose functions take numpy arrays.)
 
 The extension is built with :func:`torch.utils.cpp_extension.load` (needs a C++ compiler and ``ninja``) into
 ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions/...``). The build name contains a hash of the
@@ -64,15 +65,20 @@ def _import_cpp_extension():
 
 
 class CppExtension:
-    """One C++ source in ``csrc/`` that registers ``torch.ops.<namespace>``, compiled on first use and cached.
+    """One C++ source in ``csrc/`` that registers ``torch.ops.<namespace>`` or, with ``python_module=True``, is a
+    Python module (``.module`` after :meth:`load`; ``namespace`` is then only a label), compiled on first use and
+    cached. ``probe_op``: an operator / function the build must provide.
 
     The build name holds a hash of the source, the flags, the torch version and the CPU capability, so an edited
     source or a cache moved to another kind of CPU rebuilds instead of loading a stale or illegal binary.
     """
 
-    def __init__(self, source: str, namespace: str, probe_op: str, what: str, fallback: str):
+    def __init__(self, source: str, namespace: str, probe_op: str, what: str, fallback: str,
+                 python_module: bool = False):
         self.src = _CSRC / source
         self.namespace, self.probe_op, self.what, self.fallback = namespace, probe_op, what, fallback
+        self.python_module = python_module
+        self.module = None
         self._lock = threading.Lock()
         self.tried = self.ok = False
         self.error: BaseException | None = None
@@ -90,15 +96,23 @@ class CppExtension:
         return f"spikedriven_{self.src.stem}_{cap.lower()}_{h.hexdigest()[:12]}"
 
     def _build(self, verbose: bool = False) -> None:
-        ns = getattr(torch.ops, self.namespace, None)
-        if ns is not None and hasattr(ns, self.probe_op):
-            return  # already registered in this process
+        if self.python_module:
+            if self.module is not None:
+                return
+        else:
+            ns = getattr(torch.ops, self.namespace, None)
+            if ns is not None and hasattr(ns, self.probe_op):
+                return  # already registered in this process
         cpp_extension = _import_cpp_extension()
         if not self.src.is_file():
             raise FileNotFoundError(f"C++ source not found: {self.src} (package data missing?)")
         cflags = _BASE_CFLAGS + _arch_flags()
-        cpp_extension.load(name=self._build_name(cflags), sources=[str(self.src)], extra_cflags=cflags,
-                           extra_ldflags=["-fopenmp"], is_python_module=False, verbose=verbose)
+        mod = cpp_extension.load(name=self._build_name(cflags), sources=[str(self.src)], extra_cflags=cflags,
+                                 extra_ldflags=["-fopenmp"], is_python_module=self.python_module, verbose=verbose)
+        if self.python_module:
+            if not hasattr(mod, self.probe_op):
+                raise RuntimeError(f"{self.src.name}: the built module has no {self.probe_op!r}")
+            self.module = mod
 
     def load(self, verbose: bool = False) -> bool:
         """Build/load once per process. True if the operators are usable; on failure warns once
@@ -121,8 +135,8 @@ class CppExtension:
 
 
 LIF_EXT = CppExtension("lif_cpu.cpp", "spikedriven_lif", "lif_fwd", "LIF kernel", "the torch reference on CPU")
-ENGINE_EXT = CppExtension("engine_cpu.cpp", "spikedriven_engine", "sparse_linear", "event-engine kernels",
-                          "the numba kernels")
+ENGINE_EXT = CppExtension("engine_cpu.cpp", "spikedriven_engine", "token_mean", "event-engine kernels",
+                          "the numba kernels if numba is installed", python_module=True)
 
 
 def load(verbose: bool = False) -> bool:
