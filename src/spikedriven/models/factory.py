@@ -98,14 +98,27 @@ def spec_from_recipe(r) -> ModelSpec:
 
 
 def spec_from_checkpoint(meta: dict, source: str = "checkpoint") -> ModelSpec | None:
-    """The model a checkpoint describes: ours record family, registry name and constructor arguments; an official
-    V1 checkpoint carries its training ``args`` (with ``dim``). None if the file does not say."""
+    """The model a checkpoint describes: ours record family, registry name and constructor arguments; official
+    checkpoints carry their training ``args`` (V1: ``dim``, ``layer``, ...; V2: ``model``, ``time_steps``,
+    ``nb_classes``, ``kd``). None if the file does not say."""
     if isinstance(meta.get("model_kwargs"), dict):
         fam = meta.get("family") or "sdt"
         kwargs = dict(meta["model_kwargs"])
         name = meta.get("arch") if is_registered(str(meta.get("arch"))) else None
         return ModelSpec(fam, _checked(fam, kwargs, source), name, source)
     args = meta.get("args")
+    official_v2 = isinstance(args, dict) and str(args.get("model", "")).startswith("metaspikformer_")
+    if official_v2:  # BICLab/Spike-Driven-Transformer-V2 main_finetune.py: args.model, time_steps, nb_classes, kd
+        name = "sdt_v2_" + str(args["model"])[len("metaspikformer_"):]
+        if not is_registered(name):
+            raise ValueError(f"{source}: official V2 model {args['model']!r} is not one of ours "
+                             f"(sdt_v2_8_384, sdt_v2_8_512, sdt_v2_8_768)")
+        spec = spec_from_name(name)
+        for key, arg in (("time_steps", "T"), ("nb_classes", "num_classes"), ("kd", "kd"), ("input_size", "img_size")):
+            if args.get(key) is not None:
+                spec.kwargs[arg] = bool(args[key]) if arg == "kd" else int(args[key])
+        spec.source = source
+        return spec
     if isinstance(args, dict) and "dim" in args:
         from ..config.official import model_kwargs_from_official
 

@@ -247,6 +247,11 @@ class SpikeDrivenTransformer(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head
 
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups in depth order for timm's layer-wise lr decay: the stem, then each block (the head
+        matches nothing: the last group)."""
+        return {"stem": r"^patch_embed\.", "blocks": r"^block\.(\d+)"}
+
     def reset_classifier(self, num_classes: int) -> None:
         """A new (re-initialised) head for ``num_classes`` (0: features only)."""
         self.num_classes = int(num_classes)

@@ -427,6 +427,16 @@ class MetaSpikeFormer(nn.Module):
     def channels_last(self, value: bool) -> None:
         self.downsample1_1.channels_last = bool(value)
 
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups in depth order for timm's layer-wise lr decay: the stem, each stage's downsampling and
+        blocks in turn, then the heads (unmatched: the last group). The official mapping
+        (``util/lr_decay_spikformer.py``) looks for ``cls_token``/``pos_embed``/``patch_embed``, which V2 does not
+        have, so every parameter lands in one group there: with the official layer_decay of 1.0 both are no-ops."""
+        order = ["downsample1_1", "ConvBlock1_1", "downsample1_2", "ConvBlock1_2", "downsample2", "ConvBlock2_1",
+                 "ConvBlock2_2", "downsample3", "block3", "downsample4", "block4"]
+        return {name: (rf"^{name}\.(\d+)\." if name.startswith(("ConvBlock", "block")) else rf"^{name}\.")
+                for name in order}
+
     def get_classifier(self):
         """The head Linear, or ``(head, head_kd)`` when built with kd=True."""
         return (self.head, self.head_kd) if self.kd else self.head

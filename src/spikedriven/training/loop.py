@@ -24,7 +24,7 @@ from ..checkpoint import atomic_save, load_checkpoint, load_state_into_model, sa
 from ..models.factory import build_model as _build_model
 from .data import _sample_seed, apply_mixup, batch_cutout, build_datasets, build_loaders, build_mixup
 from .distributed import DistEnv, all_reduce_sum, barrier, broadcast_object, init_distributed
-from .losses import build_train_criterion
+from .losses import build_teacher, build_train_criterion
 from .recipe import Recipe
 from .resume import check_labels as _check_labels
 from .resume import partial_line as _partial_line
@@ -158,6 +158,12 @@ class Trainer:
         self.num_classes = int(self.model_kwargs["num_classes"])
         self.mixup = build_mixup(r, self.num_classes)
         self.criterion = build_train_criterion(r, self.mixup is not None)
+        self.teacher = None
+        if (r.get("distillation_type") or "none") != "none":
+            if not getattr(self.model, "kd", False):
+                raise ValueError(f"distillation_type {r['distillation_type']!r} needs a model with a distillation "
+                                 f"head: set kd: true (V2 models)")
+            self.teacher = build_teacher(r, self.num_classes, self.device)
         self.is_event = bool(r.get("_is_event"))
 
         # ---- distributed wrapper
@@ -182,6 +188,10 @@ class Trainer:
             okw["eps"] = r["opt_eps"]
         if r.get("opt_betas") is not None:
             okw["betas"] = tuple(r["opt_betas"])
+        if r.get("layer_decay", 1.0) != 1.0:
+            okw["layer_decay"] = r["layer_decay"]  # timm groups parameters by the model's group_matcher()
+        if r.get("blr") is not None and "lr" not in r.explicit:  # official V2: lr = blr * total batch / 256
+            r["lr"] = float(r["blr"]) * int(r["batch_size"]) * self.env.world / 256
         self.optimizer = create_optimizer_v2(self.model, opt=r["opt"], lr=r["lr"], weight_decay=r["weight_decay"],
                                              momentum=r["momentum"], **okw)
         self.steps_per_epoch = len(self.loaders["train"])
@@ -437,7 +447,14 @@ class Trainer:
             x, y = apply_mixup(self.mixup, x, y, step_seed)  # smoothed one-hot even when mixing is off
         with self.amp_ctx():
             out = self.train_model(x)
-        loss = self.criterion(out.float(), y)
+            t_out = None
+            if self.teacher is not None:
+                with torch.no_grad():
+                    t_out = self.teacher(x).float()
+        if self.teacher is not None:
+            loss = self.criterion(tuple(o.float() for o in out), y, t_out)
+        else:  # a kd model trained without a teacher: its main head learns
+            loss = self.criterion((out[0] if isinstance(out, tuple) else out).float(), y)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at epoch {self.epoch} step {self.global_step}; "
                                      f"lower lr, enable clip_grad or disable amp")

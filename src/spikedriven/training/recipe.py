@@ -122,6 +122,15 @@ AUTO_AUGMENT = Allowed(lambda v: v.split("-")[0] in ("rand", "augmix", "original
                        "a timm policy string: rand-..., augmix-..., original, originalr, v0, v0r or 3a")
 DATASET_NAME = Allowed(lambda v: v == "" or canonical_name(v) in DATASET_INFO,
                        f"a dataset name: {', '.join(sorted(DATASET_INFO))}")
+def _is_timm_model(name: str) -> bool:
+    try:
+        from timm.models import is_model
+    except ImportError:  # pragma: no cover - timm is a dependency
+        return True
+    return name == "" or is_model(name.split(".")[0])
+
+
+TIMM_MODEL = Allowed(_is_timm_model, "empty or a timm model name (timm.list_models())")
 RUN_NAME = Allowed(lambda v: v == "" or (not os.path.isabs(v) and ".." not in Path(v).parts
                                         and Path(v).parts not in ((), (".",))),
                    "a folder name inside the output folder (relative, without '..')")
@@ -230,6 +239,13 @@ SCHEMA: dict[str, tuple[Any, str, str, Any]] = {
     "TET": (False, "bool", "TET loss on per-step logits (a real boolean flag: --TET / --no-TET)", None),
     "TET_means": (1.0, "float", "TET MSE target", rng()),
     "TET_lamb": (0.0, "float", "TET MSE weight lambda", rng(0)),
+    "distillation_type": ("none", "str", "knowledge distillation from a teacher (DeiT): none | hard | soft; needs a "
+                          "model with kd (its head_kd learns from the teacher)", one_of("none", "hard", "soft")),
+    "distillation_alpha": (0.5, "float", "weight of the distillation loss: (1-a) CE(head, y) + a KD(head_kd)", PROB),
+    "distillation_tau": (1.0, "float", "soft distillation temperature", rng(0, None, lo_open=True)),
+    "kd_teacher": ("", "str", "teacher: a timm model name (e.g. caformer_b36.sail_in22k_ft_in1k), built without "
+                   "downloading", TIMM_MODEL),
+    "kd_teacher_checkpoint": ("", "str", "the teacher's weights (a local file, read safely)", None),
     "drop_path": (0.2, "float", "official key: a no-op there (DropPath never called); see drop_path_rate",
                   rng(0, 1, hi_open=True)),
     "drop_path_rate": (0.0, "float", "stochastic depth actually applied (ours; 0 = the official behaviour)",
@@ -264,6 +280,10 @@ SCHEMA: dict[str, tuple[Any, str, str, Any]] = {
     "sched_on_updates": (False, "bool", "step the schedule every iteration (ours) instead of once per epoch", None),
     "lr": (0.01, "float", "peak learning rate (not rescaled by the world size, as official)",
            rng(0, None, lo_open=True)),
+    "blr": (None, "opt_float", "base learning rate per 256 images (official V2): lr = blr x batch_size x "
+            "processes / 256 (when lr is not set explicitly)", rng(0, None, lo_open=True)),
+    "layer_decay": (1.0, "float", "layer-wise lr decay (BEiT/timm groups from the model's group_matcher; 1 = none)",
+                    rng(0, 1, lo_open=True)),
     "lr_cycle_mul": (1.0, "float", "cosine cycle length multiplier", rng(0, None, lo_open=True)),
     "lr_cycle_limit": (1, "int", "cosine cycles", rng(1)),
     "warmup_lr": (1e-4, "float", "learning rate at the start of warm-up", rng(0)),
