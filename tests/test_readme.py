@@ -25,6 +25,11 @@ def command_lines(text: str) -> list[str]:
     for lang, body in fenced_blocks(text, {"", "bash", "sh", "console"}):
         for line in body.splitlines():
             line = line.split("  #")[0].strip()
+            if " -m spikedriven.cli " in line:  # torchrun ... -m spikedriven.cli COMMAND ...
+                line = "spikedriven " + line.split(" -m spikedriven.cli ", 1)[1]
+            elif " -m spikedriven" in line and not line.startswith("python -m spikedriven"):
+                out.append("spikedriven <not a command module: use -m spikedriven.cli>")
+                continue
             if line.startswith("spikedriven ") or line.startswith("python -m spikedriven"):
                 out.append(line)
     return out

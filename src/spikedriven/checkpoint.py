@@ -47,6 +47,7 @@ __all__ = [
 # The only non-tensor, non-builtin type found in official SDT checkpoints (train.py saves `args`).
 SAFE_GLOBALS = [argparse.Namespace]
 
+_TRAINING_STATE = ("optimizer", "scheduler", "scaler", "rng", "amp")
 _STATE_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
 
 # temporary files of atomic_write_bytes: ".<name>.<16 hex digits>.tmp" next to the target (earlier versions used
@@ -223,7 +224,9 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", use_ema: bool =
     raw = read_checkpoint_file(path, map_location)
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: expected a dict (state_dict or checkpoint), got {type(raw).__name__}")
-    meta = {k: v for k, v in raw.items() if k not in _STATE_KEYS and not isinstance(v, torch.Tensor)}
+    # what describes the file, not the training state it carries (optimizer, scheduler, scaler, RNG states)
+    meta = {k: v for k, v in raw.items() if k not in _STATE_KEYS and k not in _TRAINING_STATE
+            and not isinstance(v, torch.Tensor)}
     if use_ema:
         key = next((k for k in ("state_dict_ema", "model_ema") if k in raw), None)
         if key is None:

@@ -19,7 +19,7 @@ def register(sub) -> None:
         "train", help="train a Spike-driven Transformer (no arguments: the digits main job)",
         description="Train with a recipe: ours (-c NAME, see --list-configs) or an official conf/**/*.yml file; "
                     "every recipe key can be overridden below. With no arguments: a small SDT on the embedded "
-                    "digits data (~2 minutes on 2 cores). Multi-process: torchrun --nproc_per_node=N -m "
+                    "digits data (about a minute on 2 cores). Multi-process: torchrun --nproc_per_node=N -m "
                     "spikedriven.cli train ...")
     t.add_argument("-c", "--config", default=None,
                    help=f"our recipe name or a YAML file (default: {DEFAULT_CONFIG}; with --resume: the run's own); "
@@ -39,8 +39,9 @@ def register(sub) -> None:
     e.add_argument("--workers", dest="eval_workers", type=int, default=2, help="(default: 2)")
     e.add_argument("--max-samples", type=int, help="evaluate a fixed random subset of N >= 1 test samples")
     e.add_argument("--amp", dest="eval_amp", action="store_true", help="autocast (CUDA fp16 / CPU bf16)")
-    e.add_argument("--device", dest="eval_device", default="auto")
-    e.add_argument("--no-progress", action="store_true")
+    e.add_argument("--device", dest="eval_device", default="auto",
+                   help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N (default: auto)")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.add_argument("--set", dest="r__set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe key used for the data pipeline (e.g. crop_pct=1.0, img_size=288)")
     e.set_defaults(func=run_eval)
@@ -74,7 +75,7 @@ def run_train(args) -> int:
         print(res["summary"])
     if res.get("run_dir") and not quiet:
         d = Path(res["run_dir"])
-        files = [f for f in ("config.yaml", "metrics.csv", "tb", "last.pt", "best.pt", "best.safetensors",
+        files = [f for f in ("config.yaml", "metrics.csv", "train.log", "tb", "last.pt", "best.pt", "best.safetensors",
                              "curve.png") if (d / f).exists()]
         print(f"run folder {d}: {', '.join(files)}")
     return 0
