@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -27,6 +28,12 @@ CONFIGS = {
     "cifar_2_512": dict(name="sdt_cifar10_2_512", batch=16, size=32, event=False),
     "gesture_2_256": dict(name="sdt_gesture_2_256_t16", batch=2, size=128, event=True),
     "fmnist_1_128": dict(name="sdt_fmnist_1_128", batch=64, size=28, event=False),  # the Fashion-MNIST recipe
+    # V2 (Meta-SpikeFormer): a CIFAR-sized one (dims 32/64/128/160, T=4, 16x16 then 8x8 tokens) and the official
+    # 8-512 at 64 px (its layer structure, scaled-down input for a CPU)
+    "v2_cifar_32": dict(name="sdt_v2_8_512", batch=16, size=32, event=False,
+                        kwargs=dict(img_size=32, num_classes=10, embed_dim=(32, 64, 128, 160), num_heads=2,
+                                    downsample_strides=(2, 1, 2, 1, 1), T=4)),
+    "v2_8_512_64px": dict(name="sdt_v2_8_512", batch=8, size=64, event=False, kwargs=dict(img_size=64, T=1)),
 }
 PATHS = ("reference", "fast", "fast-bf16")
 
@@ -56,13 +63,13 @@ def count_flops(model, x) -> float:
     total = [0.0]
 
     def hook(m, args, out):
-        if isinstance(m, nn.Conv2d):
-            k = m.kernel_size[0] * m.kernel_size[1] * m.in_channels // m.groups
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+            k = math.prod(m.kernel_size) * m.in_channels // m.groups
             total[0] += 2.0 * out.numel() * k
         else:
             total[0] += 2.0 * out.numel() * m.in_features
 
-    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
     with torch.no_grad():
         model(x)
     for h in hs:
@@ -82,7 +89,7 @@ def run_one(cfg_key: str, path: str, steps: int, threads: int) -> dict:
     cfg = CONFIGS[cfg_key]
     fast = path != "reference"
     model = sd.create_model(cfg["name"], channels_last=fast, lif_backend="auto" if fast else "torch",
-                            compact_spikes=fast)
+                            compact_spikes=fast, **cfg.get("kwargs", {}))
     B, S = cfg["batch"], cfg["size"]
     if cfg["event"]:
         x = torch.poisson(torch.full((B, model.T, 2, S, S), 0.2))
