@@ -34,9 +34,11 @@ def _require_cpu_model(model) -> None:
 
 
 def compile_model(model, threads: int | None = None, backend: str = "auto"):
-    """Compile a (trained) ``SpikeDrivenTransformer`` into an :class:`EventEngine` (eval semantics).
+    """Compile a (trained) ``SpikeDrivenTransformer`` (V1) or ``MetaSpikeFormer`` (V2) into an :class:`EventEngine`
+    (eval semantics; the family decides which plan and executor: ``compiler``/``executor`` or
+    ``compiler_v2``/``executor_v2``).
 
-    BatchNorm is folded into the convs; the model itself is not modified. ``threads``: threads used by each run
+    BatchNorm (and V2's RepConvs) are folded into the convs; the model itself is not modified. ``threads``: threads used by each run
     (None: all cores). ``backend``: ``"cpp"`` (C++ kernels for every step, compiled on first use; needs a C++
     compiler and ninja, not numba), ``"numba"`` (numba kernels; needs numba) or ``"auto"`` (``cpp`` if it builds,
     else ``numba`` if installed); the results are bit-identical. A backend that cannot run raises
@@ -47,7 +49,16 @@ def compile_model(model, threads: int | None = None, backend: str = "auto"):
     _require_cpu_model(model)
     from .executor import EventEngine, resolve_backend
 
+    family = getattr(model, "family", None)
+    if family not in ("sdt", "sdt_v2"):
+        raise NotImplementedError(f"the event-driven engine runs the Spike-driven Transformer families 'sdt' (V1) and "
+                                  f"'sdt_v2' (Meta-SpikeFormer); got {type(model).__name__} (family {family!r})")
     backend = resolve_backend(backend)  # before compiling: a missing dependency fails fast
+    if family == "sdt_v2":
+        from .compiler_v2 import compile_plan_v2
+        from .executor_v2 import EventEngineV2
+
+        return EventEngineV2(compile_plan_v2(model), threads=threads, backend=backend)
     from .compiler import compile_plan
 
     return EventEngine(compile_plan(model), threads=threads, backend=backend)
