@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from spikedriven.engine.compiler_v2 import block_weights
 from spikedriven.neuron import lif_multistep_reference
 
 F32 = np.float32
@@ -59,22 +60,26 @@ def rows(t):  # [NB, C, H, W] -> [NB*H*W, C]
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("p", DENSITIES)
-@pytest.mark.parametrize("k,stride,pad,hw", [(3, 2, 1, (8, 8)), (3, 2, 1, (7, 5)), (3, 1, 1, (6, 7)), (5, 2, 2, (9, 6))])
-def test_sparse_conv2d_matches_conv2d_and_counts(backend, p, k, stride, pad, hw):
+@pytest.mark.parametrize("k,stride,pad,hw,Cout", [(3, 2, 1, (8, 8), 20), (3, 2, 1, (7, 5), 70), (3, 1, 1, (6, 7), 137),
+                                                  (5, 2, 2, (9, 6), 64), (1, 1, 0, (4, 5), 200)])
+def test_sparse_conv2d_matches_conv2d_and_counts(backend, p, k, stride, pad, hw, Cout):
+    """Any k / stride / padding (the downsampling convs, the 3x3 convs, 1x1 convs and token linears as k = 1), weights
+    in column blocks of 64 (Cout 20: one partial block; 70: a full one + 6 columns; 137: two + a 1-column tail)."""
     H, W = hw
-    NB, Cin, Cout = 3, 10, 20
+    NB, Cin = 3, 10
     s = binary((NB * H * W, Cin), p, 31)
     g = np.random.default_rng(32)
     w = g.standard_normal((Cout, Cin, k, k)).astype(F32)
     b = g.standard_normal(Cout).astype(F32)
     Ho, Wo = (H + 2 * pad - k) // stride + 1, (W + 2 * pad - k) // stride + 1
+    res = g.standard_normal((NB * Ho * Wo, Cout)).astype(F32)
     idx, cnt = to_csr(s)
     out, acc = np.empty((NB * Ho * Wo, Cout), F32), np.empty(NB * Ho, np.int64)
-    kernels(backend).sparse_conv2d(idx, cnt, NB, H, W, stride, pad, np.ascontiguousarray(w.transpose(1, 2, 3, 0)), b,
-                                   out, acc)
+    wb = block_weights(np.ascontiguousarray(w.transpose(1, 2, 3, 0)))
+    kernels(backend).sparse_conv2d(idx, cnt, NB, H, W, stride, pad, wb, b, res, out, acc)
     xs = nchw(s, NB, H, W)
     ref = F.conv2d(xs, torch.from_numpy(w), torch.from_numpy(b), stride=stride, padding=pad)
-    np.testing.assert_allclose(out, rows(ref), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(out, rows(ref) + res, rtol=1e-5, atol=1e-4)
     # additions performed = sum over outputs of the active inputs inside its (unpadded) window, x Cout
     window = F.conv2d(xs.sum(1, keepdim=True), torch.ones(1, 1, k, k), stride=stride, padding=pad)
     assert int(acc.sum()) == int(window.sum().item()) * Cout
@@ -183,14 +188,15 @@ def _case_convs(K, p):
     g = np.random.default_rng(50)
     outs = []
     for NB, H, W, Cin, Cout, k, stride, pad in ((2, 8, 8, 12, 70, 3, 2, 1), (3, 7, 5, 5, 16, 3, 2, 1),
-                                                (1, 6, 6, 9, 137, 3, 1, 1)):
+                                                (1, 6, 6, 9, 137, 3, 1, 1), (2, 3, 4, 20, 240, 1, 1, 0)):
         s = binary((NB * H * W, Cin), p, 51)
         idx, cnt = to_csr(s)
         w = g.standard_normal((Cin, k, k, Cout)).astype(F32)
         b = g.standard_normal(Cout).astype(F32)
         Ho, Wo = (H + 2 * pad - k) // stride + 1, (W + 2 * pad - k) // stride + 1
         out, acc = np.empty((NB * Ho * Wo, Cout), F32), np.empty(NB * Ho, np.int64)
-        K.sparse_conv2d(idx, cnt, NB, H, W, stride, pad, w, b, out, acc)
+        res = g.standard_normal((NB * Ho * Wo, Cout)).astype(F32) if stride == 1 else np.zeros((0, 0), F32)
+        K.sparse_conv2d(idx, cnt, NB, H, W, stride, pad, block_weights(w), b, res, out, acc)
         x = (g.standard_normal((NB * H * W, 3)) * 3).astype(F32)
         we = g.standard_normal((3, 7, 7, Cout)).astype(F32)
         Ho, Wo = (H - 1) // stride + 1, (W - 1) // stride + 1
@@ -252,9 +258,12 @@ def test_v2_backends_bit_identical(case, p):
 def test_v2_cpp_kernels_reject_bad_arguments():
     K = kernels("cpp")
     idx, cnt = to_csr(binary((16, 4), 0.5, 1))
-    w, b = np.zeros((4, 3, 3, 8), F32), np.zeros(8, F32)
-    with pytest.raises(RuntimeError, match="out/bias/acc shape mismatch"):  # 4x4 stride 2 gives 2x2, not 4x4
-        K.sparse_conv2d(idx, cnt, 1, 4, 4, 2, 1, w, b, np.zeros((16, 8), F32), np.zeros(4, np.int64))
+    wb, b, none = np.zeros((1, 4, 3, 3, 64), F32), np.zeros(8, F32), np.zeros((0, 0), F32)
+    with pytest.raises(RuntimeError, match="out/acc shape mismatch"):  # 4x4 stride 2 gives 2x2, not 4x4
+        K.sparse_conv2d(idx, cnt, 1, 4, 4, 2, 1, wb, b, none, np.zeros((16, 8), F32), np.zeros(4, np.int64))
+    with pytest.raises(RuntimeError, match=r"wb must be \[ceil\(Cout/64\)"):  # 2 blocks for 8 columns
+        K.sparse_conv2d(idx, cnt, 1, 4, 4, 1, 1, np.zeros((2, 4, 3, 3, 64), F32), b, none, np.zeros((16, 8), F32),
+                        np.zeros(4, np.int64))
     with pytest.raises(RuntimeError, match="same-size output"):
         K.sparse_dwconv(idx, cnt, 1, 4, 4, 1, np.zeros((7, 7, 4), F32), np.zeros(4, F32), np.zeros((16, 4), F32),
                         np.zeros(4, np.int64))

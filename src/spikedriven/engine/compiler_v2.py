@@ -25,19 +25,52 @@ import torch
 from torch import nn
 
 from ..inference import fold_bn
-from .compiler import Conv3x3, Linear, Neuron, _conv3, _f32, _lin, _neuron
+from .compiler import Linear, Neuron, _conv3, _f32, _lin, _neuron
 
-__all__ = ["ConvK", "DWConv", "DownV2", "ConvBlockV2", "AttnBlockV2", "PlanV2", "compile_plan_v2"]
+__all__ = ["ConvK", "SpikeConv", "DWConv", "DownV2", "ConvBlockV2", "AttnBlockV2", "PlanV2", "compile_plan_v2",
+           "block_weights"]
 
 
 @dataclass
 class ConvK:
-    """A k x k conv with stride and zero padding: ``w[Cin, k, k, Cout]``."""
+    """A k x k conv with stride and zero padding: ``w[Cin, k, k, Cout]`` (the dense encoding conv)."""
     name: str
     w: np.ndarray
     b: np.ndarray
     stride: int
     pad: int
+
+
+def block_weights(w: np.ndarray) -> np.ndarray:
+    """``w[Cin, k, k, Cout]`` -> ``wb[ceil(Cout/64), Cin, k, k, 64]``: column block jb holds columns
+    [64 jb, 64 jb + 64) (the last one zero-padded), so that one block's weights are contiguous."""
+    cin, k1, k2, cout = w.shape
+    nb = (cout + 63) // 64
+    wp = np.zeros((cin, k1, k2, nb * 64), np.float32)
+    wp[..., :cout] = w
+    return np.ascontiguousarray(wp.reshape(cin, k1, k2, nb, 64).transpose(3, 0, 1, 2, 4))
+
+
+@dataclass
+class SpikeConv:
+    """A k x k conv (stride, zero padding) on spikes run by ``sparse_conv2d``, weights in column blocks
+    (:func:`block_weights`). (1x1 convs and token linears are :class:`~spikedriven.engine.compiler.Linear` layers
+    run by ``sparse_linear``: their weights fit in the L2 cache whole, and one pass over a row's active inputs
+    fills all its columns.)"""
+    name: str
+    wb: np.ndarray  # [ceil(Cout/64), Cin, k, k, 64]
+    b: np.ndarray  # [Cout]
+    k: int
+    stride: int = 1
+    pad: int = 0
+
+    @property
+    def cin(self) -> int:
+        return int(self.wb.shape[1])
+
+    @property
+    def cout(self) -> int:
+        return int(self.b.shape[0])
 
 
 @dataclass
@@ -53,7 +86,7 @@ class DWConv:
 class DownV2:
     prefix: str
     lif: Neuron  # encode_lif
-    conv: ConvK  # encode_conv (BN folded), on spikes
+    conv: SpikeConv  # encode_conv (BN folded), 3x3 stride 1 or 2, on spikes
 
 
 @dataclass
@@ -65,25 +98,25 @@ class ConvBlockV2:
     dwconv: DWConv  # depthwise 7x7 on spikes
     pwconv2: Linear  # 1x1 on the depthwise output (real-valued): dense MACs
     lif1: Neuron
-    conv1: Conv3x3
+    conv1: SpikeConv  # 3x3
     lif2: Neuron
-    conv2: Conv3x3
+    conv2: SpikeConv  # 3x3
 
 
 @dataclass
 class AttnBlockV2:
     prefix: str
     head_lif: Neuron
-    qkv: Conv3x3  # q | k | v folded RepConvs, one 3x3 conv C -> 3C
+    qkv: SpikeConv  # q | k | v folded RepConvs, one 3x3 conv C -> 3C
     q_lif: Neuron
     k_lif: Neuron
     v_lif: Neuron
     num_heads: int
     scale: float  # the model's 0.125
     attn_lif: Neuron  # threshold already divided by scale (acts on the integer X = Q (K^T V))
-    proj: Conv3x3
+    proj: SpikeConv  # 3x3
     fc1_lif: Neuron
-    fc1: Linear
+    fc1: Linear  # token linear (Conv1d k=1)
     fc2_lif: Neuron
     fc2: Linear
 
@@ -112,6 +145,26 @@ def _convk(name: str, conv: nn.Conv2d) -> ConvK:
     return ConvK(name, _f32(w.contiguous()), _f32(b), int(conv.stride[0]), int(conv.padding[0]))
 
 
+def _spike_conv(name: str, *convs: nn.Module) -> SpikeConv:
+    """One or more convs with the same input (concatenated along Cout): k x k Conv2d, or kernel-1 Conv1d."""
+    ks = []
+    for conv in convs:
+        if isinstance(conv, nn.Conv1d):
+            if tuple(conv.kernel_size) != (1,) or conv.stride != (1,) or conv.padding != (0,) or conv.groups != 1:
+                raise ValueError(f"{name}: the engine supports Conv1d with kernel 1 (a token linear) only")
+            w = conv.weight.detach().float()[..., None]  # [O, I, 1] -> [O, I, 1, 1]
+            ks.append((w, conv.bias, 1, 1, 0))
+        else:
+            c = _convk(name, conv)
+            ks.append((conv.weight.detach().float(), conv.bias, c.w.shape[1], c.stride, c.pad))
+    if len({(k, s, p) for _, _, k, s, p in ks}) != 1:
+        raise ValueError(f"{name}: fused convs must have the same kernel, stride and padding")
+    _, _, k, s, p = ks[0]
+    w = torch.cat([w for w, *_ in ks], 0).permute(1, 2, 3, 0)  # [Cout, Cin, k, k] -> [Cin, k, k, Cout]
+    b = torch.cat([bb.detach().float() if bb is not None else torch.zeros(ww.shape[0]) for ww, bb, *_ in ks])
+    return SpikeConv(name, block_weights(_f32(w.contiguous())), _f32(b), int(k), int(s), int(p))
+
+
 def _dwconv(name: str, conv: nn.Conv2d) -> DWConv:
     k = conv.kernel_size
     C = conv.in_channels
@@ -128,7 +181,8 @@ def _power_of_two(x: float) -> bool:
 
 
 def _down(prefix: str, d: nn.Module) -> DownV2:
-    return DownV2(prefix, _neuron(f"{prefix}.encode_lif", d.encode_lif), _convk(f"{prefix}.encode_conv", d.encode_conv))
+    return DownV2(prefix, _neuron(f"{prefix}.encode_lif", d.encode_lif),
+                  _spike_conv(f"{prefix}.encode_conv", d.encode_conv))
 
 
 def _conv_block(p: str, blk: nn.Module) -> ConvBlockV2:
@@ -138,16 +192,16 @@ def _conv_block(p: str, blk: nn.Module) -> ConvBlockV2:
         sep_lif1=_neuron(f"{p}.Conv.lif1", s.lif1), pwconv1=_lin(f"{p}.Conv.pwconv1", s.pwconv1),
         sep_lif2=_neuron(f"{p}.Conv.lif2", s.lif2), dwconv=_dwconv(f"{p}.Conv.dwconv", s.dwconv),
         pwconv2=_lin(f"{p}.Conv.pwconv2", s.pwconv2),
-        lif1=_neuron(f"{p}.lif1", blk.lif1), conv1=_conv3(f"{p}.conv1", blk.conv1),
-        lif2=_neuron(f"{p}.lif2", blk.lif2), conv2=_conv3(f"{p}.conv2", blk.conv2),
+        lif1=_neuron(f"{p}.lif1", blk.lif1), conv1=_spike_conv(f"{p}.conv1", blk.conv1),
+        lif2=_neuron(f"{p}.lif2", blk.lif2), conv2=_spike_conv(f"{p}.conv2", blk.conv2),
     )
 
 
 def _attn_block(p: str, blk: nn.Module) -> AttnBlockV2:
     a, m = blk.attn, blk.mlp
-    convs = [_conv3(f"{p}.attn.{n}_conv", getattr(a, f"{n}_conv")) for n in "qkv"]
-    qkv = Conv3x3(f"{p}.attn.qkv_conv", np.ascontiguousarray(np.concatenate([c.w for c in convs], axis=3)),
-                  np.concatenate([c.b for c in convs]))
+    for n in ("q", "k", "v", "proj"):
+        _conv3(f"{p}.attn.{n}_conv", getattr(a, f"{n}_conv"))  # checks: 3x3, stride 1, padding 1
+    qkv = _spike_conv(f"{p}.attn.qkv_conv", a.q_conv, a.k_conv, a.v_conv)
     scale = float(a.scale)
     if not _power_of_two(scale):
         raise NotImplementedError(f"{p}.attn: scale {scale} is not a power of two; the engine folds the scale into "
@@ -158,7 +212,7 @@ def _attn_block(p: str, blk: nn.Module) -> AttnBlockV2:
         prefix=p, head_lif=_neuron(f"{p}.attn.head_lif", a.head_lif), qkv=qkv,
         q_lif=_neuron(f"{p}.attn.q_lif", a.q_lif), k_lif=_neuron(f"{p}.attn.k_lif", a.k_lif),
         v_lif=_neuron(f"{p}.attn.v_lif", a.v_lif), num_heads=int(a.num_heads), scale=scale, attn_lif=n,
-        proj=_conv3(f"{p}.attn.proj_conv", a.proj_conv),
+        proj=_spike_conv(f"{p}.attn.proj_conv", a.proj_conv),
         fc1_lif=_neuron(f"{p}.mlp.fc1_lif", m.fc1_lif), fc1=_lin(f"{p}.mlp.fc1_conv", m.fc1_conv),
         fc2_lif=_neuron(f"{p}.mlp.fc2_lif", m.fc2_lif), fc2=_lin(f"{p}.mlp.fc2_conv", m.fc2_conv),
     )

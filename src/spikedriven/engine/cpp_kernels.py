@@ -70,8 +70,8 @@ class CppKernels:
         self.m.token_mean(x, T, B, N, out, self.threads)
 
     # Meta-SpikeFormer (V2): kernels/csrc/engine_v2_cpu.cpp, twins of engine/kernels_v2.py
-    def sparse_conv2d(self, idx, cnt, NB, H, W, stride, pad, w, bias, out, acc):
-        self.m.sparse_conv2d(idx, cnt, NB, H, W, stride, pad, w, bias, out, acc, self.threads)
+    def sparse_conv2d(self, idx, cnt, NB, H, W, stride, pad, wb, bias, resid, out, acc):
+        self.m.sparse_conv2d(idx, cnt, NB, H, W, stride, pad, wb, bias, resid, out, acc, self.threads)
 
     def dense_conv2d(self, x, NB, H, W, stride, pad, w, bias, out, macs):
         self.m.dense_conv2d(x, NB, H, W, stride, pad, w, bias, out, macs, self.threads)

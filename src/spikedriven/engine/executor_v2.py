@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 
 from .compiler import Neuron
-from .compiler_v2 import AttnBlockV2, ConvBlockV2, ConvK, DownV2, PlanV2
-from .executor import EngineResult, EventEngine, LayerCount, _csr_to_dense, _unpack_tokens
+from .compiler_v2 import AttnBlockV2, ConvBlockV2, ConvK, DownV2, PlanV2, SpikeConv
+from .executor import _NO_RES, EngineResult, EventEngine, LayerCount, _csr_to_dense, _unpack_tokens
 
 __all__ = ["EventEngineV2"]
 
@@ -66,6 +66,15 @@ class EventEngineV2(EventEngine):
     def _sop(self, name, act, neurons, fanout, acc, nominal=None):
         self._counts.append(LayerCount(name, "sop", int(act), int(neurons), int(fanout), int(acc),
                                        act * fanout if nominal is None else nominal))
+
+    def _sconv(self, idx, cnt, NB, H, W, c: SpikeConv, resid=None):
+        """A synaptic layer on spikes (CSR rows (nb, y, x) of an H x W grid) -> (out, additions performed, Ho, Wo)."""
+        Ho, Wo = (H + 2 * c.pad - c.k) // c.stride + 1, (W + 2 * c.pad - c.k) // c.stride + 1
+        out = np.empty((NB * Ho * Wo, c.cout), np.float32)
+        acc = np.empty(NB * Ho, np.int64)
+        self.K.sparse_conv2d(idx, cnt, NB, H, W, c.stride, c.pad, c.wb, c.b, _NO_RES if resid is None else resid, out,
+                             acc)
+        return out, int(acc.sum()), Ho, Wo
 
     def _tile(self, X, Tx, rows):
         """X [Tx*rows, C] as [T*rows, C] (a static input repeated at every step)."""
@@ -125,15 +134,11 @@ class EventEngineV2(EventEngine):
         if record:
             self._rec(d.lif.name, idx, cnt, B, H, W, C)
         c = d.conv
-        k, cout = c.w.shape[1], c.w.shape[3]
-        Ho, Wo = (H + 2 * c.pad - k) // c.stride + 1, (W + 2 * c.pad - k) // c.stride + 1
-        out = np.empty((T * B * Ho * Wo, cout), np.float32)
-        acc = np.empty(T * B * Ho, np.int64)
-        self.K.sparse_conv2d(idx, cnt, T * B, H, W, c.stride, c.pad, c.w, c.b, out, acc)
+        out, acc, Ho, Wo = self._sconv(idx, cnt, T * B, H, W, c)
         act = int(cnt.sum())
         # the energy report: T x rate x FLOPs = act / (T*B*H*W*Cin) * T * k^2*Ho*Wo*Cin*Cout * B
-        self._sop(c.name, act, T * B * H * W * C, k * k * cout, int(acc.sum()),
-                  _ratio_count(act * k * k * cout * Ho * Wo, H * W))
+        self._sop(c.name, act, T * B * H * W * C, c.k * c.k * c.cout, acc,
+                  _ratio_count(act * c.k * c.k * c.cout * Ho * Wo, H * W))
         return out, Ho, Wo
 
     def _conv_block(self, blk: ConvBlockV2, X, Tx, B, H, W, record):
@@ -168,14 +173,14 @@ class EventEngineV2(EventEngine):
         idx, cnt = self._lif(X, T, blk.lif1, P)
         if record:
             self._rec(blk.lif1.name, idx, cnt, B, H, W, C)
-        y, acc = self._conv(idx, cnt, T * B, H, W, blk.conv1)
+        y, acc, _, _ = self._sconv(idx, cnt, T * B, H, W, blk.conv1)
         Ch = y.shape[1]
         act = int(cnt.sum())
         self._sop(blk.conv1.name, act, R * C, 9 * Ch, acc)
         idx, cnt = self._lif(y, T, blk.lif2, P)
         if record:
             self._rec(blk.lif2.name, idx, cnt, B, H, W, Ch)
-        X, acc = self._conv(idx, cnt, T * B, H, W, blk.conv2, resid=X)
+        X, acc, _, _ = self._sconv(idx, cnt, T * B, H, W, blk.conv2, resid=X)
         act = int(cnt.sum())
         self._sop(blk.conv2.name, act, R * Ch, 9 * C, acc)
         return X
@@ -193,7 +198,7 @@ class EventEngineV2(EventEngine):
         if record:
             self._rec(blk.head_lif.name, idx, cnt, B, H, W, C)
         X = self._tile(X, Tx, B * N)
-        P, acc = self._conv(idx, cnt, T * B, H, W, blk.qkv)  # [R, 3C]
+        P, acc, _, _ = self._sconv(idx, cnt, T * B, H, W, blk.qkv)  # [R, 3C]
         act = int(cnt.sum())
         for n in "qkv":
             self._sop(f"{p}.attn.{n}_conv", act, R * C, 9 * C, acc // 3)
@@ -225,7 +230,7 @@ class EventEngineV2(EventEngine):
             for name, bb in ((q.name, qb), (k_.name, kb), (v.name, vb)):
                 self._spikes[name] = np.ascontiguousarray(_unpack_tokens(bb, N).reshape(T, B, C, H, W))
             self._rec(m.name, yidx, ycnt, B, H, W, C)
-        X, acc = self._conv(yidx, ycnt, T * B, H, W, blk.proj, resid=X)
+        X, acc, _, _ = self._sconv(yidx, ycnt, T * B, H, W, blk.proj, resid=X)
         act = int(ycnt.sum())
         self._sop(blk.proj.name, act, R * C, 9 * C, acc)
         # token MLP (Conv1d k=1 = per-token linear)

@@ -22,24 +22,33 @@ def _out_size(n, k, stride, pad):
 
 # ------------------------------------------------------------------------------------------- convolutions
 @njit(**_OPTS)
-def sparse_conv2d(idx, cnt, NB, H, W, stride, pad, w, bias, out, acc):
-    """k x k conv with any stride / zero padding on a CSR spike map (rows (nb, y, x) of an HxW grid), w[Cin,k,k,Cout].
+def sparse_conv2d(idx, cnt, NB, H, W, stride, pad, wb, bias, resid, out, acc):
+    """k x k conv with any stride / zero padding on a CSR spike map (rows (nb, y, x) of an HxW grid); weights in
+    column blocks ``wb[nblk, Cin, k, k, 64]`` (columns [64 jb, 64 jb + 64) of w[Cin, k, k, Cout], zero-padded).
 
     out[(nb, yo, xo)] = sum over in-bounds taps (ky, kx) (input (yo*stride + ky - pad, xo*stride + kx - pad)),
-    then active channels c ascending, of w[c, ky, kx, :], + bias. ``acc[nb*Ho + yo]`` = weight elements added.
+    then active channels c ascending, of the weight rows, + bias (+ resid if it has rows). One task = one column
+    block of one output row. ``acc[nb*Ho + yo]`` = weight elements added (all blocks).
     """
-    k = w.shape[1]
-    Cout = w.shape[3]
+    k = wb.shape[2]
+    Cout = bias.shape[0]
+    nblk = wb.shape[0]
+    has_res = resid.shape[0] > 0
     Ho = _out_size(H, k, stride, pad)
     Wo = _out_size(W, k, stride, pad)
-    for ry in prange(NB * Ho):
+    rows_n = NB * Ho
+    for task in prange(nblk * rows_n):
+        jb = task // rows_n
+        ry = task % rows_n
         nb = ry // Ho
         yo = ry % Ho
+        j0 = jb * 64
+        bw = min(64, Cout - j0)
         a = 0
         for xo in range(Wo):
             o = ry * Wo + xo
-            for j in range(Cout):
-                out[o, j] = 0.0
+            for j in range(bw):
+                out[o, j0 + j] = 0.0
             for ky in range(k):
                 iy = yo * stride + ky - pad
                 if iy < 0 or iy >= H:
@@ -53,11 +62,15 @@ def sparse_conv2d(idx, cnt, NB, H, W, stride, pad, w, bias, out, acc):
                     a += n
                     for q in range(n):
                         c = idx[i, q]
-                        for j in range(Cout):
-                            out[o, j] += w[c, ky, kx, j]
-            for j in range(Cout):
-                out[o, j] += bias[j]
-        acc[ry] = a * Cout
+                        for j in range(bw):
+                            out[o, j0 + j] += wb[jb, c, ky, kx, j]
+            for j in range(bw):
+                out[o, j0 + j] += bias[j0 + j]
+            if has_res:
+                for j in range(bw):
+                    out[o, j0 + j] += resid[o, j0 + j]
+        if jb == 0:
+            acc[ry] = a * Cout
 
 
 @njit(**_OPTS)
@@ -100,31 +113,39 @@ def dense_conv2d(x, NB, H, W, stride, pad, w, bias, out, macs):
 def sparse_dwconv(idx, cnt, NB, H, W, pad, w, bias, out, acc):
     """Depthwise k x k conv (stride 1) on a CSR spike map, ``w[k, k, C]``: output element (o, c) = sum of
     w[ky, kx, c] over the in-bounds taps whose input pixel has channel c active (taps row-major), + bias[c].
-    ``acc[nb*H + y]`` = scalar additions performed."""
+    ``acc[nb*H + y]`` = scalar additions performed.
+
+    One task = one output row, scattered from the k input rows it reads (input (iy, ix) with channel c active adds
+    w[ky, kx, c] to output x = ix - kx + pad): per output element the additions come in input-pixel order, i.e.
+    taps row-major, as a gather would add them; the work is proportional to the active inputs.
+    """
     k = w.shape[0]
     C = w.shape[2]
     for ry in prange(NB * H):
         nb = ry // H
         y = ry % H
         a = 0
-        for xx in range(W):
-            o = ry * W + xx
+        for o in range(ry * W, ry * W + W):
             for c in range(C):
                 out[o, c] = 0.0
-            for ky in range(k):
-                iy = y + ky - pad
-                if iy < 0 or iy >= H:
+        for ky in range(k):
+            iy = y + ky - pad
+            if iy < 0 or iy >= H:
+                continue
+            for ix in range(W):
+                i = (nb * H + iy) * W + ix
+                n = cnt[i]
+                if n == 0:
                     continue
-                for kx in range(k):
-                    ix = xx + kx - pad
-                    if ix < 0 or ix >= W:
-                        continue
-                    i = (nb * H + iy) * W + ix
-                    n = cnt[i]
+                kx0 = max(0, ix + pad - (W - 1))
+                kx1 = min(k - 1, ix + pad)
+                for kx in range(kx1, kx0 - 1, -1):
+                    o = ry * W + ix - kx + pad
                     for q in range(n):
                         c = idx[i, q]
                         out[o, c] += w[ky, kx, c]
-                    a += n
+                a += n * (kx1 - kx0 + 1)
+        for o in range(ry * W, ry * W + W):
             for c in range(C):
                 out[o, c] += bias[c]
         acc[ry] = a

@@ -44,6 +44,36 @@ inline void column_block(float* out, const float* bias, const float* resid, int6
   }
 }
 
+// Column block jb of an output row: columns [64 jb, 64 jb + 64), or the last (narrower) block, with the same
+// arithmetic as accumulate_row gives those columns. `rows(f)` must give rows whose column j0 = 64 jb is at offset j0.
+template <class Rows>
+inline void accumulate_block(float* out, const float* bias, const float* resid, int64_t cout, int64_t jb,
+                             const Rows& rows) {
+  int64_t j0 = jb * 64;
+  if (j0 + 64 <= cout) {
+    column_block<8>(out, bias, resid, j0, rows);
+    return;
+  }
+  switch ((cout - j0) / 8) {
+    case 7: column_block<7>(out, bias, resid, j0, rows); break;
+    case 6: column_block<6>(out, bias, resid, j0, rows); break;
+    case 5: column_block<5>(out, bias, resid, j0, rows); break;
+    case 4: column_block<4>(out, bias, resid, j0, rows); break;
+    case 3: column_block<3>(out, bias, resid, j0, rows); break;
+    case 2: column_block<2>(out, bias, resid, j0, rows); break;
+    case 1: column_block<1>(out, bias, resid, j0, rows); break;
+    default: break;
+  }
+  j0 += (cout - j0) / 8 * 8;
+  for (; j0 < cout; ++j0) {  // < 8 trailing columns
+    float a = 0.f;
+    rows([&](const float* w, auto... x) { a += (x * ... * w[j0]); });
+    float o = a + bias[j0];
+    if (resid) o += resid[j0];
+    out[j0] = o;
+  }
+}
+
 template <class Rows>
 inline void accumulate_row(float* out, const float* bias, const float* resid, int64_t cout, const Rows& rows) {
   int64_t j0 = 0;
@@ -84,6 +114,27 @@ inline const float* optional_resid(const at::Tensor& resid, int64_t rows, int64_
 }
 
 inline int threads_or_default(int64_t threads) { return threads > 0 ? static_cast<int>(threads) : omp_get_max_threads(); }
+
+// The active channels of a row of 0/1 spike bytes s[0..C), ascending, into out[0..n); returns n. Eight channels per
+// 64-bit word: a silent word costs one test, a word with spikes one step per spike (the lowest set bit of a word of
+// 0/1 bytes is the first spiking byte's bit 0).
+inline int32_t compact_spikes(const uint8_t* s, int64_t C, int32_t* out) {
+  int32_t n = 0;
+  int64_t c = 0;
+  for (; c + 8 <= C; c += 8) {
+    uint64_t w;
+    std::memcpy(&w, s + c, 8);
+    while (w) {
+      out[n++] = static_cast<int32_t>(c + (__builtin_ctzll(w) >> 3));
+      w &= w - 1;
+    }
+  }
+  for (; c < C; ++c) {
+    out[n] = static_cast<int32_t>(c);
+    n += s[c];
+  }
+  return n;
+}
 
 // ----------------------------------------------------------------------------------------------------- LIF
 // One multi-step LIF update of n neurons: H = V + (X - V) * k (or / tau), S = [H >= v_th], V = S ? 0 : H.

@@ -36,13 +36,7 @@ void lif_csr(const at::Tensor& x, int64_t T, double vth_d, double k_d, double ta
     for (int64_t r = r0; r < r1; ++r) {
       const uint8_t* sr = s + (r - r0) * C;
       const int64_t o = t * R + r;
-      int32_t* ir = ip + o * C;
-      int32_t n = 0;
-      for (int64_t c = 0; c < C; ++c) {  // branch-free compaction
-        ir[n] = static_cast<int32_t>(c);
-        n += sr[c];
-      }
-      cp[o] = n;
+      cp[o] = compact_spikes(sr, C, ip + o * C);
     }
   });
 }

@@ -1,7 +1,8 @@
 // Event-driven engine kernels for Spike-driven Transformer V2 (Meta-SpikeFormer), backend "cpp"; numba twins in
 // spikedriven/engine/kernels_v2.py, with the same float32 operations in the same order (bit-identical outputs):
-//   * sparse_conv2d: any k x k / stride / padding conv on a CSR spike map (the downsampling convs, stride 1 or 2):
-//     out = ((0 + w_1) + w_2 + ...) + bias, taps (ky, kx) row-major, then active channels ascending.
+//   * sparse_conv2d: any k x k / stride / padding conv on a CSR spike map, weights in blocks of 64 columns (every
+//     synaptic layer on spikes: 3x3 convs of stride 1 or 2, 1x1 convs and token linears as k = 1):
+//     out = ((0 + w_1) + w_2 + ...) + bias (+ resid), taps (ky, kx) row-major, then active channels ascending.
 //   * dense_conv2d: the encoding conv (7x7, stride s, pad 3) on the real image: ((0 + x_1 * w_1) + ...) + bias.
 //   * sparse_dwconv: SepConv's depthwise k x k conv (stride 1) on binary input: for each output element, the
 //     weights of its channel at the in-bounds taps whose input spiked, taps row-major, then + bias.
@@ -17,35 +18,42 @@ using namespace sd_engine;
 
 inline int64_t out_size(int64_t n, int64_t k, int64_t stride, int64_t pad) { return (n + 2 * pad - k) / stride + 1; }
 
-// k x k conv, any stride and zero padding, on a CSR spike map with rows (nb, y, x) of an H x W grid;
-// w[Cin, k, k, Cout]; out rows (nb, yo, xo) of the Ho x Wo grid. acc[nb*Ho + yo] = weight elements added for that
-// output row (taps in the padding are not performed).
+// k x k conv (any stride, zero padding) on a CSR spike map with rows (nb, y, x) of an H x W grid, with weights in
+// column blocks: wb[nblk, Cin, k, k, 64] holds columns [64 jb, 64 jb + 64) of w[Cin, k, k, Cout] (the last block
+// zero-padded). Output rows (nb, yo, xo) of the Ho x Wo grid: out = sum over in-bounds taps (ky, kx) row-major, then
+// active channels ascending, of the weight rows, + bias (+ resid). 1x1 convs and per-token linears are k = 1.
+// One task = one column block of one output row, blocks outer: a block's weights (Cin*k*k*64 floats) stay in the
+// core's L2 cache while every output row adds from them. acc[nb*Ho + yo] = weight elements added for that output
+// row, all blocks (taps in the padding are not performed).
 void sparse_conv2d(const at::Tensor& idx, const at::Tensor& cnt, int64_t NB, int64_t H, int64_t W, int64_t stride,
-                   int64_t pad, const at::Tensor& w, const at::Tensor& bias, at::Tensor out, at::Tensor acc,
-                   int64_t threads) {
+                   int64_t pad, const at::Tensor& wb, const at::Tensor& bias, const at::Tensor& resid, at::Tensor out,
+                   at::Tensor acc, int64_t threads) {
   check(idx, at::kInt, 2, "idx");
   check(cnt, at::kInt, 1, "cnt");
-  check(w, at::kFloat, 4, "w");
+  check(wb, at::kFloat, 5, "wb");
   check(bias, at::kFloat, 1, "bias");
   check(out, at::kFloat, 2, "out");
   check(acc, at::kLong, 1, "acc");
-  const int64_t k = w.size(1), cout = w.size(3), istride = idx.size(1), P = NB * H * W;
-  TORCH_CHECK(w.size(2) == k && stride >= 1 && pad >= 0, "w must be [Cin, k, k, Cout], stride >= 1, pad >= 0");
+  const int64_t nblk = wb.size(0), cin = wb.size(1), k = wb.size(2), cout = bias.size(0);
+  const int64_t istride = idx.size(1), P = NB * H * W;
+  TORCH_CHECK(wb.size(3) == k && wb.size(4) == 64 && nblk == (cout + 63) / 64 && stride >= 1 && pad >= 0,
+              "wb must be [ceil(Cout/64), Cin, k, k, 64], stride >= 1, pad >= 0");
   const int64_t Ho = out_size(H, k, stride, pad), Wo = out_size(W, k, stride, pad);
   TORCH_CHECK(Ho >= 1 && Wo >= 1, "empty output grid");
-  TORCH_CHECK(cnt.size(0) == P && idx.size(0) == P && istride <= w.size(0), "idx/cnt must have NB*H*W rows");
-  TORCH_CHECK(out.size(0) == NB * Ho * Wo && out.size(1) == cout && bias.size(0) == cout && acc.size(0) == NB * Ho,
-              "out/bias/acc shape mismatch");
+  TORCH_CHECK(cnt.size(0) == P && idx.size(0) == P && istride <= cin, "idx/cnt must have NB*H*W rows");
+  TORCH_CHECK(out.size(0) == NB * Ho * Wo && out.size(1) == cout && acc.size(0) == NB * Ho, "out/acc shape mismatch");
   const int32_t* ip = idx.data_ptr<int32_t>();
   const int32_t* cp = cnt.data_ptr<int32_t>();
-  const float* wp = w.data_ptr<float>();
+  const float* wp = wb.data_ptr<float>();
   const float* bp = bias.data_ptr<float>();
+  const float* rp = optional_resid(resid, NB * Ho * Wo, cout, "[NB*Ho*Wo, Cout]");
   float* op = out.data_ptr<float>();
   int64_t* ap = acc.data_ptr<int64_t>();
+  const int64_t rows_n = NB * Ho, kk = k * k;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_or_default(threads))
-  for (int64_t ry = 0; ry < NB * Ho; ++ry) {
-    const int64_t nb = ry / Ho, yo = ry % Ho;
-    int64_t added = 0;
+  for (int64_t task = 0; task < nblk * rows_n; ++task) {
+    const int64_t jb = task / rows_n, ry = task % rows_n, nb = ry / Ho, yo = ry % Ho;
+    const float* wbk = wp + jb * cin * kk * 64 - jb * 64;  // + (c*kk + tap)*64 + j0 (j0 = 64 jb): the block's row
     for (int64_t xo = 0; xo < Wo; ++xo) {
       auto rows = [&](auto&& f) {
         for (int64_t ky = 0; ky < k; ++ky) {
@@ -57,21 +65,26 @@ void sparse_conv2d(const at::Tensor& idx, const at::Tensor& cnt, int64_t NB, int
             const int64_t i = (nb * H + iy) * W + ix;
             const int32_t* ir = ip + i * istride;
             const int32_t n = cp[i];
-            for (int32_t q = 0; q < n; ++q) f(wp + ((static_cast<int64_t>(ir[q]) * k + ky) * k + kx) * cout);
+            for (int32_t q = 0; q < n; ++q) f(wbk + (static_cast<int64_t>(ir[q]) * kk + ky * k + kx) * 64);
           }
         }
       };
-      accumulate_row(op + (ry * Wo + xo) * cout, bp, nullptr, cout, rows);
-      for (int64_t ky = 0; ky < k; ++ky) {
-        const int64_t iy = yo * stride + ky - pad;
-        if (iy < 0 || iy >= H) continue;
-        for (int64_t kx = 0; kx < k; ++kx) {
-          const int64_t ix = xo * stride + kx - pad;
-          if (ix >= 0 && ix < W) added += cp[(nb * H + iy) * W + ix];
-        }
-      }
+      const int64_t o = ry * Wo + xo;
+      accumulate_block(op + o * cout, bp, rp ? rp + o * cout : nullptr, cout, jb, rows);
     }
-    ap[ry] = added * cout;
+    if (jb == 0) {
+      int64_t added = 0;
+      for (int64_t xo = 0; xo < Wo; ++xo)
+        for (int64_t ky = 0; ky < k; ++ky) {
+          const int64_t iy = yo * stride + ky - pad;
+          if (iy < 0 || iy >= H) continue;
+          for (int64_t kx = 0; kx < k; ++kx) {
+            const int64_t ix = xo * stride + kx - pad;
+            if (ix >= 0 && ix < W) added += cp[(nb * H + iy) * W + ix];
+          }
+        }
+      ap[ry] = added * cout;
+    }
   }
 }
 
@@ -150,29 +163,34 @@ void sparse_dwconv(const at::Tensor& idx, const at::Tensor& cnt, int64_t NB, int
   const float* bp = bias.data_ptr<float>();
   float* op = out.data_ptr<float>();
   int64_t* ap = acc.data_ptr<int64_t>();
+  // One task = one output row, computed by scattering from the k input rows it reads: input pixel (iy, ix) with
+  // channel c active adds w[ky, kx, c] to output (y, ix - kx + pad) for ky = iy - y + pad. Per output element the
+  // additions come in input-pixel order, i.e. taps (ky, kx) row-major, as a gather would add them.
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_or_default(threads))
   for (int64_t ry = 0; ry < NB * H; ++ry) {
     const int64_t nb = ry / H, y = ry % H;
     int64_t added = 0;
-    for (int64_t x = 0; x < W; ++x) {
-      float* o = op + (ry * W + x) * C;
-      std::fill(o, o + C, 0.f);
-      for (int64_t ky = 0; ky < k; ++ky) {
-        const int64_t iy = y + ky - pad;
-        if (iy < 0 || iy >= H) continue;
-        for (int64_t kx = 0; kx < k; ++kx) {
-          const int64_t ix = x + kx - pad;
-          if (ix < 0 || ix >= W) continue;
-          const int64_t i = (nb * H + iy) * W + ix;
-          const int32_t* ir = ip + i * istride;
-          const int32_t n = cp[i];
+    float* orow = op + ry * W * C;
+    std::fill(orow, orow + W * C, 0.f);
+    for (int64_t ky = 0; ky < k; ++ky) {
+      const int64_t iy = y + ky - pad;
+      if (iy < 0 || iy >= H) continue;
+      for (int64_t ix = 0; ix < W; ++ix) {
+        const int64_t i = (nb * H + iy) * W + ix;
+        const int32_t n = cp[i];
+        if (n == 0) continue;
+        const int32_t* ir = ip + i * istride;
+        const int64_t kx0 = std::max<int64_t>(0, ix + pad - (W - 1)), kx1 = std::min<int64_t>(k - 1, ix + pad);
+        for (int64_t kx = kx1; kx >= kx0; --kx) {  // output x = ix - kx + pad ascending
+          float* o = orow + (ix - kx + pad) * C;
           const float* wk = wp + (ky * k + kx) * C;
           for (int32_t q = 0; q < n; ++q) o[ir[q]] += wk[ir[q]];
-          added += n;
         }
+        added += n * (kx1 - kx0 + 1);
       }
-      for (int64_t c = 0; c < C; ++c) o[c] += bp[c];
     }
+    for (int64_t x = 0; x < W; ++x)
+      for (int64_t c = 0; c < C; ++c) orow[x * C + c] += bp[c];
     ap[ry] = added;
   }
 }
@@ -291,13 +309,7 @@ void q_rows_lif(const at::Tensor& qidx, const at::Tensor& qcnt, const at::Tensor
         }
         for (int64_t c = 0; c < D; ++c) xf[c] = static_cast<float>(X[c]);
         lif_step(xf.data(), v.data(), s.data(), D, p);
-        int32_t* yo = yi + o * ys;
-        int32_t m = 0;
-        for (int64_t c = 0; c < D; ++c) {  // branch-free compaction
-          yo[m] = static_cast<int32_t>(c);
-          m += s[c];
-        }
-        yc[o] = m;
+        yc[o] = compact_spikes(s.data(), D, yi + o * ys);
       }
     }
   }
