@@ -243,8 +243,34 @@ def _case_attention(K, p):
     return outs
 
 
+def _case_lif_one_step(K, p):
+    """T = 1 (the C++ kernel's one-step path: H = X * k, compared 8 neurons at a time): C = 45 has a 5-channel tail."""
+    R, C = 37, 45
+    x = (np.random.default_rng(56).standard_normal((1, R, C)) * (1 + 3 * p)).astype(F32)
+    x[0, 0, :4] = [2.0, -0.0, 0.0, 1.9999999]  # exactly at the threshold (x * 0.5 == 1), signed zeros, just below
+    outs = []
+    for k, tau, div in ((F32(0.5), F32(2), False), (F32(1 / 3), F32(3), True), (F32(1 / (1 + np.exp(-0.3))), F32(1),
+                                                                                  False)):
+        idx, cnt = np.empty((R, C), np.int32), np.empty(R, np.int32)
+        K.lif_csr(x, 1, F32(1), k, tau, div, idx, cnt)
+        outs += [csr_dense(idx, cnt, C), cnt]
+    return outs
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lif_one_step_matches_the_reference(backend):
+    x = (np.random.default_rng(57).standard_normal((1, 29, 45)) * 2).astype(F32)
+    x[0, 0, :3] = [2.0, 1.9999999, -0.0]
+    idx, cnt = np.empty((29, 45), np.int32), np.empty(29, np.int32)
+    kernels(backend).lif_csr(x, 1, F32(1), F32(0.5), F32(2), False, idx, cnt)
+    ref = lif_multistep_reference(torch.from_numpy(x)).numpy()[0].astype(np.uint8)
+    np.testing.assert_array_equal(csr_dense(idx, cnt, 45), ref)
+    assert ref[0, 0] == 1 and ref[0, 1] == 0  # a tie fires
+
+
 @pytest.mark.parametrize("p", [0.05, 0.3, 1.0])
-@pytest.mark.parametrize("case", [_case_convs, _case_sepconv, _case_attention], ids=lambda f: f.__name__[6:])
+@pytest.mark.parametrize("case", [_case_convs, _case_sepconv, _case_attention, _case_lif_one_step],
+                         ids=lambda f: f.__name__[6:])
 def test_v2_backends_bit_identical(case, p):
     """Every V2 kernel: the C++ twin returns exactly the numba kernel's outputs (same float32 operations, same order)."""
     a, b = case(kernels("numba"), p), case(kernels("cpp"), p)
