@@ -170,10 +170,11 @@ def test_performed_additions_by_hand():
     assert sum(hand.values()) > 0 and sum(got[n].acc for n in got if n.endswith("matmul_q")) > 0
 
 
-def test_backends_bit_identical_whole_model():
+@pytest.mark.parametrize("T", [1, 2])
+def test_backends_bit_identical_whole_model(T):
     pytest.importorskip("numba")
     _cpp_or_skip()
-    model, x = calibrated(TINY, 2, seed=5, kd=True)
+    model, x = calibrated(TINY, T, seed=5, kd=True)
     a = compile_model(model, threads=1, backend="cpp").run(x, record=True)
     b = compile_model(model, threads=1, backend="numba").run(x, record=True)
     np.testing.assert_array_equal(a.logits, b.logits)

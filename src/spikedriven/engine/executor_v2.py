@@ -203,7 +203,7 @@ class EventEngineV2(EventEngine):
         for n in "qkv":
             self._sop(f"{p}.attn.{n}_conv", act, R * C, 9 * C, acc // 3)
         NW = (N + 63) // 64
-        qb, kb, vb = (np.zeros((T, B, C, NW), np.uint64) for _ in range(3))
+        qb, kb, vb = np.zeros((3, T, B, C, NW), np.uint64)  # three contiguous (zeroed) bit arrays
         q, k_, v = blk.q_lif, blk.k_lif, blk.v_lif
         if len({q.divide, k_.divide, v.divide}) != 1:
             raise NotImplementedError("mixed neuron decay modes among q/k/v")
