@@ -220,7 +220,8 @@ def main(argv=None):
     result["sweep"] = rows
     result["loadavg_end"] = os.getloadavg()
     print("\n## Speedup vs firing rate (Markdown; dense: best of the sweep at that thread count)\n")
-    print("| threads | v_th scale | mean input rate | SOPs/img | MACs/img | events b1 (ms) | dense b1 (ms) | speedup b1 | "
+    print("| threads | v_th scale | mean input rate | SOPs/img | MACs/img | events b1 (ms) | dense b1 (ms) | "
+          "speedup b1 | "
           "events b16 (img/s) | dense b16 (img/s) | speedup b16 |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -272,7 +272,7 @@ def test_lif_one_step_matches_the_reference(backend):
 @pytest.mark.parametrize("case", [_case_convs, _case_sepconv, _case_attention, _case_lif_one_step],
                          ids=lambda f: f.__name__[6:])
 def test_v2_backends_bit_identical(case, p):
-    """Every V2 kernel: the C++ twin returns exactly the numba kernel's outputs (same float32 operations, same order)."""
+    """Every V2 kernel: the C++ twin returns exactly the numba kernel's outputs (same float32 operations and order)."""
     a, b = case(kernels("numba"), p), case(kernels("cpp"), p)
     assert len(a) == len(b)
     for i, (u, v) in enumerate(zip(a, b)):

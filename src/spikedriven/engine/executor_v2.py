@@ -81,7 +81,8 @@ class EventEngineV2(EventEngine):
         T = self.plan.T
         if Tx == T:
             return X
-        return np.ascontiguousarray(np.broadcast_to(X.reshape(1, rows, -1), (T, rows, X.shape[1]))).reshape(T * rows, -1)
+        full = np.broadcast_to(X.reshape(1, rows, -1), (T, rows, X.shape[1]))
+        return np.ascontiguousarray(full).reshape(T * rows, -1)
 
     # ------------------------------------------------------------------ input
     def _prepare_input(self, x):
