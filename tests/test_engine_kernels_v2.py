@@ -244,7 +244,7 @@ def _case_attention(K, p):
 
 
 def _case_lif_one_step(K, p):
-    """T = 1 (the C++ kernel's one-step path: H = X * k, compared 8 neurons at a time): C = 45 has a 5-channel tail."""
+    """lif_csr at T = 1 (the V2 models' usual T), three decay modes; C = 45 is not a multiple of 8."""
     R, C = 37, 45
     x = (np.random.default_rng(56).standard_normal((1, R, C)) * (1 + 3 * p)).astype(F32)
     x[0, 0, :4] = [2.0, -0.0, 0.0, 1.9999999]  # exactly at the threshold (x * 0.5 == 1), signed zeros, just below

@@ -6,9 +6,6 @@
 #include <pybind11/pybind11.h>
 
 #include <omp.h>
-#ifdef __AVX2__
-#include <immintrin.h>
-#endif
 
 #include <cstdint>
 #include <algorithm>

@@ -32,35 +32,6 @@ void lif_csr(const at::Tensor& x, int64_t T, double vth_d, double k_d, double ta
   const Lif p{static_cast<float>(vth_d), static_cast<float>(k_d), static_cast<float>(tau_d), divide};
   int32_t* ip = idx.data_ptr<int32_t>();
   int32_t* cp = cnt.data_ptr<int32_t>();
-  if (T == 1) {  // one step from V = 0: H = 0 + (X - 0) * k equals X * k (or X / tau) up to the sign of a zero
-    const float* xp = x.data_ptr<float>();
-#pragma omp parallel for schedule(static) num_threads(threads_or_default(threads))
-    for (int64_t r = 0; r < R; ++r) {
-      const float* xr = xp + r * C;
-      int32_t* ir = ip + r * C;
-      int32_t n = 0;
-      int64_t c = 0;
-#ifdef __AVX2__
-      if (!p.divide) {  // 8 neurons per compare, then one step per spike
-        const __m256 kk = _mm256_set1_ps(p.k), th = _mm256_set1_ps(p.vth);
-        for (; c + 8 <= C; c += 8) {
-          unsigned m = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_mul_ps(_mm256_loadu_ps(xr + c), kk), th, _CMP_GE_OQ));
-          while (m) {
-            ir[n++] = static_cast<int32_t>(c + __builtin_ctz(m));
-            m &= m - 1;
-          }
-        }
-      }
-#endif
-      for (; c < C; ++c) {
-        const float h = p.divide ? xr[c] / p.tau : xr[c] * p.k;
-        ir[n] = static_cast<int32_t>(c);
-        n += h >= p.vth;
-      }
-      cp[r] = n;
-    }
-    return;
-  }
   lif_blocks(x.data_ptr<float>(), Tx, T, R, C, p, threads, [&](int64_t t, int64_t r0, int64_t r1, const uint8_t* s) {
     for (int64_t r = r0; r < r1; ++r) {
       const uint8_t* sr = s + (r - r0) * C;
