@@ -116,7 +116,8 @@ def run(args) -> int:
     if y is not None:
         print(f"accuracy {float((preds == y[:n].numpy()).mean()):.4f} ({n} labelled samples)")
     if counts:
-        print("per-layer work per sample (measured by the engine; 'nominal' = T x rate x FLOPs incl. padding taps):")
+        print("per-layer work per sample ('performed': counted by the engine; 'nominal': the energy report's T x rate x "
+              "FLOPs, incl. padding taps; docs/engine.md, counting rule):")
         print(f"  {'layer':34s} {'kind':5s} {'in-rate':>8s} {'performed':>14s} {'nominal':>14s}")
         tot = [0, 0]
         for name, (kind, act, neu, acc, nom) in counts.items():

@@ -7,7 +7,9 @@
 
 Every layer whose input is spikes accumulates weight rows for the active inputs only (1x1 convs, linears and
 3x3 convs); SDSA runs on token-bit-packed spikes (K AND V, popcount over tokens, threshold, AND with Q); the
-encoding conv is the only dense layer. Backend ``cpp`` (the default where it builds) needs a C++ compiler and ninja,
+encoding conv is the only dense layer. Meta-SpikeFormer (V2) models run too (``compiler_v2``, ``executor_v2``):
+strided and depthwise convs on spikes as additions, the linear attention Q (K^T V) as popcounts and integer row
+additions; its encoding conv and SepConv's pwconv2 (real-valued inputs) are dense. Backend ``cpp`` (the default where it builds) needs a C++ compiler and ninja,
 not numba; backend ``numba`` needs ``numba`` (optional dependency, extra ``engine``), imported only when it is
 chosen. See docs/engine.md.
 """
@@ -34,20 +36,31 @@ def _require_cpu_model(model) -> None:
 
 
 def compile_model(model, threads: int | None = None, backend: str = "auto"):
-    """Compile a (trained) ``SpikeDrivenTransformer`` into an :class:`EventEngine` (eval semantics).
+    """Compile a (trained) ``SpikeDrivenTransformer`` (V1) or ``MetaSpikeFormer`` (V2) into an :class:`EventEngine`
+    (eval semantics; the family decides which plan and executor: ``compiler``/``executor`` or
+    ``compiler_v2``/``executor_v2``).
 
-    BatchNorm is folded into the convs; the model itself is not modified. ``threads``: threads used by each run
-    (None: all cores). ``backend``: ``"cpp"`` (C++ kernels for every step, compiled on first use; needs a C++
-    compiler and ninja, not numba), ``"numba"`` (numba kernels; needs numba) or ``"auto"`` (``cpp`` if it builds,
-    else ``numba`` if installed); the results are bit-identical. A backend that cannot run raises
-    :class:`~spikedriven.engine.executor.EngineBackendError` (an ImportError and a RuntimeError) with one line saying
-    what to install. The engine runs on the CPU only: a model with parameters or buffers on another device (CUDA,
-    meta) is refused.
+    BatchNorm (and V2's RepConvs) are folded into the convs; the model itself is not modified. ``threads``: threads
+    used by each run (None: all cores). ``backend``: ``"cpp"`` (C++ kernels for every step, compiled on first use;
+    needs a C++ compiler and ninja, not numba), ``"numba"`` (numba kernels; needs numba) or ``"auto"`` (``cpp`` if
+    it builds, else ``numba`` if installed); the results are bit-identical. A backend that cannot run raises
+    :class:`~spikedriven.engine.executor.EngineBackendError` (an ImportError and a RuntimeError) with one line
+    saying what to install. The engine runs on the CPU only: a model with parameters or buffers on another device
+    (CUDA, meta) is refused.
     """
     _require_cpu_model(model)
     from .executor import EventEngine, resolve_backend
 
+    family = getattr(model, "family", None)
+    if family not in ("sdt", "sdt_v2"):
+        raise NotImplementedError(f"the event-driven engine runs the Spike-driven Transformer families 'sdt' (V1) and "
+                                  f"'sdt_v2' (Meta-SpikeFormer); got {type(model).__name__} (family {family!r})")
     backend = resolve_backend(backend)  # before compiling: a missing dependency fails fast
+    if family == "sdt_v2":
+        from .compiler_v2 import compile_plan_v2
+        from .executor_v2 import EventEngineV2
+
+        return EventEngineV2(compile_plan_v2(model), threads=threads, backend=backend)
     from .compiler import compile_plan
 
     return EventEngine(compile_plan(model), threads=threads, backend=backend)

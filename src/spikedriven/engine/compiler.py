@@ -107,10 +107,10 @@ def _lin(name: str, *mods: nn.Module) -> Linear:
     ws, bs = [], []
     for m in mods:
         w = m.weight.detach().float()
-        if w.ndim == 4:
-            if tuple(w.shape[2:]) != (1, 1):
+        if w.ndim in (3, 4):  # 1x1 Conv2d [O, I, 1, 1], or kernel-1 Conv1d [O, I, 1] (V2's token MLP)
+            if set(w.shape[2:]) != {1}:
                 raise ValueError(f"{name}: expected a 1x1 conv")
-            w = w[:, :, 0, 0]
+            w = w.reshape(w.shape[0], w.shape[1])
         ws.append(w.t())
         bs.append(m.bias.detach().float() if m.bias is not None else torch.zeros(w.shape[0]))
     return Linear(name, _f32(torch.cat(ws, 1).contiguous()), _f32(torch.cat(bs)))

@@ -1,4 +1,5 @@
-"""The ``cpp`` backend of the engine: the C++ twins of the numba kernels (``kernels/csrc/engine_cpu.cpp``).
+"""The ``cpp`` backend of the engine: the C++ twins of the numba kernels (``kernels/csrc/engine_cpu.cpp``, and
+``engine_v2_cpu.cpp`` for Meta-SpikeFormer).
 
 :class:`CppKernels` has one method per kernel of ``engine/kernels.py``, with the same arguments (numpy arrays,
 outputs preallocated by the caller) and bit-identical results, so the executor runs either backend through one
@@ -67,3 +68,27 @@ class CppKernels:
     # head
     def token_mean(self, x, T, B, N, out):
         self.m.token_mean(x, T, B, N, out, self.threads)
+
+    # Meta-SpikeFormer (V2): kernels/csrc/engine_v2_cpu.cpp, twins of engine/kernels_v2.py
+    def sparse_conv2d(self, idx, cnt, NB, H, W, stride, pad, wb, bias, resid, out, acc):
+        self.m.sparse_conv2d(idx, cnt, NB, H, W, stride, pad, wb, bias, resid, out, acc, self.threads)
+
+    def dense_conv2d(self, x, NB, H, W, stride, pad, w, bias, out, macs):
+        self.m.dense_conv2d(x, NB, H, W, stride, pad, w, bias, out, macs, self.threads)
+
+    def sparse_dwconv(self, idx, cnt, NB, H, W, pad, w, bias, out, acc):
+        self.m.sparse_dwconv(idx, cnt, NB, H, W, pad, w, bias, out, acc, self.threads)
+
+    def dense_linear(self, x, wt, bias, resid, out):
+        self.m.dense_linear(x, wt, bias, resid, out, self.threads)
+
+    def qkv_lif_bits(self, p, T, B, N, D, vth_q, k_q, tau_q, vth_k, k_k, tau_k, vth_v, k_v, tau_v, divide, qbits,
+                     kbits, vbits):
+        self.m.qkv_lif_bits(p, T, B, N, D, vth_q, k_q, tau_q, vth_k, k_k, tau_k, vth_v, k_v, tau_v, divide, qbits,
+                            kbits, vbits, self.threads)
+
+    def kv_counts(self, kbits, vbits, kv):
+        self.m.kv_counts(kbits, vbits, kv, self.threads)
+
+    def q_rows_lif(self, qidx, qcnt, kv, N, vth, k, tau, divide, yidx, ycnt):
+        self.m.q_rows_lif(qidx, qcnt, kv, N, vth, k, tau, divide, yidx, ycnt, self.threads)

@@ -1,27 +1,41 @@
-"""Checks of the engine against the PyTorch model: spike agreement, logits, and SOPs = T x rate x FLOPs."""
+"""Checks of the engine against the PyTorch model: spike agreement (and where spikes differ, whether the first
+difference is a float threshold tie), logits, and SOPs = T x rate x FLOPs."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..inference import fold_bn, has_unfolded_reparam
+from ..layers.ops import SpikeMatmul
 from ..neuron import neurons
 from ..probe import run_observed
 
-__all__ = ["expected_sops", "compare_with_model", "Agreement", "model_spikes"]
+__all__ = ["expected_sops", "compare_with_model", "Agreement", "model_spikes", "flip_origins"]
+
+
+def _binary(t: torch.Tensor) -> bool:
+    return bool(((t == 0) | (t == 1)).all())
 
 
 @torch.no_grad()
 def expected_sops(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
-    """The energy report's operation counts for ``x``, from hooks on the model's actual conv/linear inputs.
+    """The energy report's operation counts for ``x``, from hooks on the model's actual conv/linear/matmul inputs.
 
     Encoding layer (first conv): MACs = FLOPs x B (x T for event input; a static image is identical at every
-    step, so it is counted once, as in the paper). Every other conv/linear: SOPs = T x fr_in x FLOPs x B with
-    fr_in = fraction of non-zero entries of its input over all steps and samples, FLOPs = k^2 H_out W_out C_in
-    C_out (linear: in x out). Totals over the batch, float64. Comparable to ``LayerCount.nominal``.
+    step, so it is counted once, as in the paper). A conv that declares a real-valued input (``nonbinary_input``:
+    V2's SepConv pwconv2): MACs = T x FLOPs x B. Every other conv/linear: SOPs = T x fr_in x FLOPs x B with
+    fr_in = fraction of non-zero entries of its input over all steps and samples, FLOPs = k^2 H_out W_out
+    (C_in/groups) C_out (linear: in x out). Products of spike tensors (``SpikeMatmul``: V2's K^T V and Q (K^T V)):
+    SOPs = T x fr x FLOPs x B with FLOPs = (output elements per step and sample) x inner size and fr the rate of the
+    binary operand (the left one if binary). Totals over the batch, float64. Comparable to ``LayerCount.nominal``.
+    A V2 model is counted in its inference form (RepConvs folded), as the energy report and the engine do.
     """
+    if has_unfolded_reparam(model):
+        model = fold_bn(model)
     T = int(model.T)
     out: dict[str, float] = {}
     first = {"seen": False}
@@ -33,26 +47,42 @@ def expected_sops(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
                 flops = mod.in_features * mod.out_features
                 B = inp.shape[1] if inp.ndim == 3 else inp.shape[0] // T
             else:
-                kh, kw = mod.kernel_size
-                flops = kh * kw * y.shape[-2] * y.shape[-1] * mod.in_channels * mod.out_channels
+                flops = (math.prod(mod.kernel_size) * (mod.in_channels // mod.groups) * mod.out_channels
+                         * math.prod(y.shape[2:]))
                 B = inp.shape[0] // T
             if not first["seen"]:
                 first["seen"] = True
                 out[name] = float(flops) * B * (T if x.ndim == 5 else 1)
                 return
+            if getattr(mod, "nonbinary_input", ""):
+                out[name] = float(T * flops * B)
+                return
             rate = float(torch.count_nonzero(inp)) / inp.numel()
             out[name] = T * rate * float(flops) * B
         return fn
 
-    run_observed(model, [x], post=[(mod, hook(name)) for name, mod in model.named_modules()
-                                   if isinstance(mod, (nn.Conv2d, nn.Linear))])
+    def matmul_hook(name):
+        def fn(mod, args, y):
+            a, b = args
+            B = a.shape[1]
+            flops = y.numel() / (T * B) * a.shape[-1]
+            s = a if _binary(a) or not _binary(b) else b
+            out[name] = T * (float(torch.count_nonzero(s)) / s.numel()) * flops * B
+        return fn
+
+    post = [(mod, hook(name)) for name, mod in model.named_modules() if isinstance(mod, (nn.Conv1d, nn.Conv2d,
+                                                                                          nn.Linear))]
+    post += [(mod, matmul_hook(name)) for name, mod in model.named_modules() if isinstance(mod, SpikeMatmul)]
+    run_observed(model, [x], post=post)
     return out
 
 
 @torch.no_grad()
-def model_spikes(model: nn.Module, x: torch.Tensor) -> tuple[dict[str, np.ndarray], torch.Tensor]:
-    """Spikes of every neuron layer that runs (name -> uint8 array, engine layouts) and the logits."""
+def model_spikes(model: nn.Module, x: torch.Tensor, inputs: bool = False):
+    """Spikes of every neuron layer that runs (name -> uint8 array, engine layouts, in the order the layers ran) and
+    the logits; with ``inputs=True`` also every neuron layer's input X (float32, same layout) as a third result."""
     rec: dict[str, np.ndarray] = {}
+    xin: dict[str, np.ndarray] = {}
 
     def hook(name):
         def fn(m, a, y):
@@ -60,10 +90,12 @@ def model_spikes(model: nn.Module, x: torch.Tensor) -> tuple[dict[str, np.ndarra
             if name.endswith("talking_heads_lif"):  # [T,B,h,1,d] -> [T,B,D] (c = head*d + lane)
                 y = y.reshape(y.shape[0], y.shape[1], -1)
             rec[name] = y.to(torch.uint8).contiguous().numpy()
+            if inputs:
+                xin[name] = a[0].detach().float().reshape(y.shape).contiguous().numpy()
         return fn
 
     (logits,) = run_observed(model, [x], post=[(mod, hook(name)) for name, mod in neurons(model)])
-    return rec, logits
+    return (rec, logits, xin) if inputs else (rec, logits)
 
 
 @dataclass
@@ -75,10 +107,28 @@ class Agreement:
     same_prediction: int = 0
     samples_with_flip: int = 0
     max_logit_diff: float = 0.0
+    # where the flips start: in each sample with a flip, the first neuron layer (in execution order) that differs has
+    # identical input spikes upstream, so its pre-activations differ only by float summation order; every neuron's
+    # first differing step there is an "origin", with the model's membrane margin |H - V_th| at that step
+    origins: int = 0
+    origin_layers: dict = field(default_factory=dict)  # name -> origin count
+    origin_margins: list = field(default_factory=list)  # |H - V_th| of every origin (model units)
 
     @property
     def fraction(self) -> float:
         return 1.0 - self.mismatched / self.neurons if self.neurons else 1.0
+
+    @property
+    def max_origin_margin(self) -> float:
+        return max(self.origin_margins) if self.origin_margins else 0.0
+
+    def origins_are_ties(self, tol: float = 1e-4) -> bool:
+        """Every flip starts within ``tol`` of a threshold (a float tie), or there is no flip."""
+        return all(m <= tol for m in self.origin_margins)
+
+    def layer_fractions(self) -> dict:
+        """name -> fraction of identical neuron-steps of that layer."""
+        return {k: 1.0 - m / n if n else 1.0 for k, (m, n) in self.per_layer.items()}
 
     def update(self, other: "Agreement") -> "Agreement":
         self.neurons += other.neurons
@@ -90,21 +140,77 @@ class Agreement:
         self.same_prediction += other.same_prediction
         self.samples_with_flip += other.samples_with_flip
         self.max_logit_diff = max(self.max_logit_diff, other.max_logit_diff)
+        self.origins += other.origins
+        for k, n in other.origin_layers.items():
+            self.origin_layers[k] = self.origin_layers.get(k, 0) + n
+        self.origin_margins += other.origin_margins
         return self
 
     def summary(self) -> str:
         lines = [f"spike agreement {self.fraction:.6%} ({self.mismatched} of {self.neurons} neuron-steps differ; "
                  f"{self.samples_with_flip} of {self.samples} samples have any flip); same prediction "
                  f"{self.same_prediction}/{self.samples}; max |logit diff| {self.max_logit_diff:.3g}"]
+        if self.origins:
+            where = ", ".join(f"{k}: {n}" for k, n in self.origin_layers.items())
+            lines.append(f"flips start at {self.origins} neuron-steps ({where}); max |H - V_th| there "
+                         f"{self.max_origin_margin:.3g}")
         for k, (m, n) in self.per_layer.items():
             if m:
                 lines.append(f"  {k:40s} {m} / {n}")
         return "\n".join(lines)
 
 
+def _membrane(xs: np.ndarray, mod: nn.Module) -> np.ndarray:
+    """The charge H[t] of a neuron layer (the model's LIF / PLIF update in float32) from its inputs ``xs[T, ...]``."""
+    from .compiler import _neuron
+
+    n = _neuron("", mod)
+    v = np.zeros(xs.shape[1:], np.float32)
+    hs = np.empty_like(xs)
+    for t in range(xs.shape[0]):
+        h = v + (xs[t] - v) / n.tau if n.divide else v + (xs[t] - v) * n.k
+        hs[t] = h
+        v = np.where(h >= n.vth, np.float32(0), h).astype(np.float32)
+    return hs
+
+
 @torch.no_grad()
-def compare_with_model(model: nn.Module, engine, x: torch.Tensor) -> Agreement:
-    """Run both on ``x``; count neuron-steps whose spike differs (every neuron layer, every t) and predictions."""
+def flip_origins(model: nn.Module, x: torch.Tensor, engine_spikes: dict, ag: Agreement) -> Agreement:
+    """Locate where the flips of ``engine_spikes`` vs the model start (see :class:`Agreement`) and record them in
+    ``ag``: per sample, the first neuron layer in execution order with a difference; there, each differing
+    neuron's first differing step and the model's margin |H - V_th| at that step."""
+    ref, _, xin = model_spikes(model, x, inputs=True)
+    mods = dict(neurons(model))
+    B = x.shape[0]
+    done = np.zeros(B, bool)
+    for name, r in ref.items():  # execution order
+        s = engine_spikes.get(name)
+        if s is None:
+            continue
+        d = (r != s).reshape(r.shape[0], B, -1)  # [T, B, neurons]
+        hit = d.any(axis=(0, 2)) & ~done
+        if not hit.any():
+            continue
+        vth = float(mods[name].v_threshold)
+        hs = _membrane(xin[name].reshape(r.shape[0], B, -1), mods[name])
+        for b in np.flatnonzero(hit):
+            db = d[:, b]  # [T, neurons]
+            j = np.flatnonzero(db.any(0))
+            t0 = db[:, j].argmax(0)  # first differing step per neuron
+            margins = np.abs(hs[t0, b, j].astype(np.float64) - vth)
+            ag.origins += len(j)
+            ag.origin_layers[name] = ag.origin_layers.get(name, 0) + len(j)
+            ag.origin_margins += [float(m) for m in margins]
+        done |= hit
+        if done.all():
+            break
+    return ag
+
+
+@torch.no_grad()
+def compare_with_model(model: nn.Module, engine, x: torch.Tensor, origins: bool = True) -> Agreement:
+    """Run both on ``x``; count neuron-steps whose spike differs (every neuron layer, every t) and predictions.
+    ``origins``: where spikes differ, also locate where the flips start (:func:`flip_origins`; one more model run)."""
     ref, logits = model_spikes(model, x)
     res = engine.run(x, record=True)
     ag = Agreement()
@@ -129,4 +235,6 @@ def compare_with_model(model: nn.Module, engine, x: torch.Tensor) -> Agreement:
     ag.same_prediction = int((lg_m.argmax(-1) == lg_e.argmax(-1)).sum())
     ag.samples_with_flip = int(flip.sum())
     ag.max_logit_diff = float(np.abs(lg_m - lg_e).max())
+    if origins and ag.mismatched:
+        flip_origins(model, x, res.spikes, ag)
     return ag

@@ -74,8 +74,10 @@ class CppExtension:
     """
 
     def __init__(self, source: str, namespace: str, probe_op: str, what: str, fallback: str,
-                 python_module: bool = False):
+                 python_module: bool = False, extra_sources: tuple[str, ...] = (), headers: tuple[str, ...] = ()):
         self.src = _CSRC / source
+        self.extra_sources = [_CSRC / s for s in extra_sources]  # more translation units of the same module
+        self.headers = [_CSRC / s for s in headers]  # included by the sources: part of the build hash
         self.namespace, self.probe_op, self.what, self.fallback = namespace, probe_op, what, fallback
         self.python_module = python_module
         self.module = None
@@ -85,8 +87,9 @@ class CppExtension:
 
     def _build_name(self, cflags: list[str]) -> str:
         h = hashlib.sha256()
-        h.update(self.src.read_bytes())
-        h.update(str(self.src.resolve()).encode())  # torch records the source path: one build per checkout
+        for f in (self.src, *self.extra_sources, *self.headers):
+            h.update(f.read_bytes())
+            h.update(str(f.resolve()).encode())  # torch records the source path: one build per checkout
         h.update(" ".join(cflags).encode())
         h.update(torch.__version__.encode())
         try:
@@ -104,10 +107,12 @@ class CppExtension:
             if ns is not None and hasattr(ns, self.probe_op):
                 return  # already registered in this process
         cpp_extension = _import_cpp_extension()
-        if not self.src.is_file():
-            raise FileNotFoundError(f"C++ source not found: {self.src} (package data missing?)")
+        for f in (self.src, *self.extra_sources, *self.headers):
+            if not f.is_file():
+                raise FileNotFoundError(f"C++ source not found: {f} (package data missing?)")
         cflags = _BASE_CFLAGS + _arch_flags()
-        mod = cpp_extension.load(name=self._build_name(cflags), sources=[str(self.src)], extra_cflags=cflags,
+        sources = [str(f) for f in (self.src, *self.extra_sources)]
+        mod = cpp_extension.load(name=self._build_name(cflags), sources=sources, extra_cflags=cflags,
                                  extra_ldflags=["-fopenmp"], is_python_module=self.python_module, verbose=verbose)
         if self.python_module:
             if not hasattr(mod, self.probe_op):
@@ -135,8 +140,9 @@ class CppExtension:
 
 
 LIF_EXT = CppExtension("lif_cpu.cpp", "spikedriven_lif", "lif_fwd", "LIF kernel", "the torch reference on CPU")
-ENGINE_EXT = CppExtension("engine_cpu.cpp", "spikedriven_engine", "token_mean", "event-engine kernels",
-                          "the numba kernels if numba is installed", python_module=True)
+ENGINE_EXT = CppExtension("engine_cpu.cpp", "spikedriven_engine", "q_rows_lif", "event-engine kernels",
+                          "the numba kernels if numba is installed", python_module=True,
+                          extra_sources=("engine_v2_cpu.cpp",), headers=("engine_common.h",))
 
 
 def load(verbose: bool = False) -> bool:

@@ -14,139 +14,11 @@
 // Here a block of 64 output columns lives in eight 8-float registers while all active weight rows are added, then
 // is stored once: one load and one add per 8 synaptic additions. Built with -ffp-contract=off (no FMA
 // contraction) and without -ffast-math, so the compiler may vectorise across columns but never reorders a sum.
-#include <ATen/ATen.h>
-#include <pybind11/numpy.h>
-#include <pybind11/pybind11.h>
-
-#include <omp.h>
-
-#include <cstdint>
-#include <algorithm>
-#include <cstring>
-#include <limits>
-#include <tuple>
-#include <type_traits>
-#include <vector>
+#include "engine_common.h"
 
 namespace {
 
-typedef float v8 __attribute__((vector_size(32)));
-
-inline v8 load8(const float* p) {
-  v8 r;
-  std::memcpy(&r, p, sizeof(r));  // unaligned load
-  return r;
-}
-
-inline void store8(float* p, v8 v) { std::memcpy(p, &v, sizeof(v)); }
-
-// One block of NV x 8 output columns starting at j0: accumulate every active weight row in registers, then add
-// bias (and resid) and store. `rows(f)` calls f(row_ptr) for each active weight row, in summation order, or
-// f(row_ptr, x) to add x * row (the dense encoding conv; the product is rounded, then added).
-template <int NV, class Rows>
-inline void column_block(float* out, const float* bias, const float* resid, int64_t j0, const Rows& rows) {
-  v8 a[NV];
-  for (int v = 0; v < NV; ++v) a[v] = v8{0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-  rows([&](const float* w, auto... x) {
-    for (int v = 0; v < NV; ++v) a[v] += (x * ... * load8(w + j0 + 8 * v));
-  });
-  for (int v = 0; v < NV; ++v) {
-    v8 o = a[v] + load8(bias + j0 + 8 * v);
-    if (resid) o += load8(resid + j0 + 8 * v);
-    store8(out + j0 + 8 * v, o);
-  }
-}
-
-template <class Rows>
-inline void accumulate_row(float* out, const float* bias, const float* resid, int64_t cout, const Rows& rows) {
-  int64_t j0 = 0;
-  for (; j0 + 64 <= cout; j0 += 64) column_block<8>(out, bias, resid, j0, rows);
-  switch ((cout - j0) / 8) {  // the remaining whole vectors in one pass over the active rows
-    case 7: column_block<7>(out, bias, resid, j0, rows); break;
-    case 6: column_block<6>(out, bias, resid, j0, rows); break;
-    case 5: column_block<5>(out, bias, resid, j0, rows); break;
-    case 4: column_block<4>(out, bias, resid, j0, rows); break;
-    case 3: column_block<3>(out, bias, resid, j0, rows); break;
-    case 2: column_block<2>(out, bias, resid, j0, rows); break;
-    case 1: column_block<1>(out, bias, resid, j0, rows); break;
-    default: break;
-  }
-  j0 += (cout - j0) / 8 * 8;
-  for (; j0 < cout; ++j0) {  // < 8 trailing columns
-    float a = 0.f;
-    rows([&](const float* w, auto... x) { a += (x * ... * w[j0]); });
-    float o = a + bias[j0];
-    if (resid) o += resid[j0];
-    out[j0] = o;
-  }
-}
-
-void check(const at::Tensor& t, at::ScalarType dtype, int64_t dim, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
-  TORCH_CHECK(t.scalar_type() == dtype, name, " must be ", dtype, ", got ", t.scalar_type());
-  TORCH_CHECK(t.dim() == dim, name, " must have ", dim, " dimensions, got shape ", t.sizes());
-  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
-}
-
-// The optional residual of the accumulation kernels: an empty tensor means none, else [rows, cout] float32.
-const float* optional_resid(const at::Tensor& resid, int64_t rows, int64_t cout, const char* shape) {
-  if (resid.numel() == 0) return nullptr;
-  check(resid, at::kFloat, 2, "resid");
-  TORCH_CHECK(resid.size(0) == rows && resid.size(1) == cout, "resid must be ", shape);
-  return resid.data_ptr<float>();
-}
-
-int threads_or_default(int64_t threads) { return threads > 0 ? static_cast<int>(threads) : omp_get_max_threads(); }
-
-// ----------------------------------------------------------------------------------------------------- LIF
-// One multi-step LIF update of n neurons: H = V + (X - V) * k (or / tau), S = [H >= v_th], V = S ? 0 : H.
-struct Lif {
-  float vth, k, tau;
-  bool divide;
-};
-
-inline void lif_step(const float* x, float* v, uint8_t* s, int64_t n, const Lif& p) {
-  if (p.divide) {
-    for (int64_t c = 0; c < n; ++c) {
-      const float h = v[c] + (x[c] - v[c]) / p.tau;
-      const bool sp = h >= p.vth;
-      v[c] = sp ? 0.f : h;
-      s[c] = sp;
-    }
-  } else {
-    for (int64_t c = 0; c < n; ++c) {
-      const float h = v[c] + (x[c] - v[c]) * p.k;
-      const bool sp = h >= p.vth;
-      v[c] = sp ? 0.f : h;
-      s[c] = sp;
-    }
-  }
-}
-
-// Runs a multi-step LIF over x[Tx, R, C] (Tx = T, or 1 for an input repeated at every step) in blocks of whole rows
-// (about kLifBlock neurons, so that narrow rows still give long vector loops): step(t, r0, r1, s) gets the spikes
-// s[(r - r0) * C + c] of rows r0..r1-1 at step t. The neurons are independent, so blocking changes no result.
-constexpr int64_t kLifBlock = 1024;
-
-template <class Step>
-void lif_blocks(const float* xp, int64_t Tx, int64_t T, int64_t R, int64_t C, const Lif& p, int64_t threads,
-                const Step& step) {
-  const int64_t rows = std::max<int64_t>(1, kLifBlock / std::max<int64_t>(C, 1)), nblk = (R + rows - 1) / rows;
-#pragma omp parallel num_threads(threads_or_default(threads))
-  {
-    std::vector<float> v(rows * C);
-    std::vector<uint8_t> s(rows * C);
-#pragma omp for schedule(static)
-    for (int64_t blk = 0; blk < nblk; ++blk) {
-      const int64_t r0 = blk * rows, r1 = std::min(R, r0 + rows), n = (r1 - r0) * C;
-      std::fill(v.begin(), v.begin() + n, 0.f);
-      for (int64_t t = 0; t < T; ++t) {
-        lif_step(xp + ((Tx > 1 ? t : 0) * R + r0) * C, v.data(), s.data(), n, p);
-        step(t, r0, r1, s.data());
-      }
-    }
-  }
-}
+using namespace sd_engine;
 
 // x[Tx, R, C] -> CSR spikes idx[T*R, C], cnt[T*R].
 void lif_csr(const at::Tensor& x, int64_t T, double vth_d, double k_d, double tau_d, bool divide, at::Tensor idx,
@@ -164,13 +36,7 @@ void lif_csr(const at::Tensor& x, int64_t T, double vth_d, double k_d, double ta
     for (int64_t r = r0; r < r1; ++r) {
       const uint8_t* sr = s + (r - r0) * C;
       const int64_t o = t * R + r;
-      int32_t* ir = ip + o * C;
-      int32_t n = 0;
-      for (int64_t c = 0; c < C; ++c) {  // branch-free compaction
-        ir[n] = static_cast<int32_t>(c);
-        n += sr[c];
-      }
-      cp[o] = n;
+      cp[o] = compact_spikes(sr, C, ip + o * C);
     }
   });
 }
@@ -320,35 +186,9 @@ void qkv_lif_sdsa(const at::Tensor& pre, int64_t T, int64_t B, int64_t N, int64_
   uint64_t* vb = vbits.data_ptr<uint64_t>();
   uint64_t* yb = ybits.data_ptr<uint64_t>();
   uint8_t* mk = mask.data_ptr<uint8_t>();
-  constexpr int64_t kChunk = 64;
-  const int64_t nch = (D + kChunk - 1) / kChunk;
-#pragma omp parallel num_threads(threads_or_default(threads))
-  {
-    float st[3][kChunk];
-    uint8_t sp[3][kChunk];
-#pragma omp for schedule(static)
-    for (int64_t task = 0; task < B * nch; ++task) {
-      const int64_t b = task / nch, c0 = (task % nch) * kChunk, nc = std::min(kChunk, D - c0);
-      for (int64_t n = 0; n < N; ++n) {
-        const int64_t wd = n >> 6;
-        const int sh = static_cast<int>(n & 63);
-        for (auto& row : st) std::fill(row, row + nc, 0.f);
-        for (int64_t t = 0; t < T; ++t) {
-          const float* x = pp + (t * B * N + b * N + n) * 3 * D + c0;
-          lif_step(x, st[0], sp[0], nc, lq);
-          lif_step(x + D, st[1], sp[1], nc, lk);
-          lif_step(x + 2 * D, st[2], sp[2], nc, lv);
-          const int64_t base = ((t * B + b) * D + c0) * NW + wd;
-          for (int64_t j = 0; j < nc; ++j) {
-            qb[base + j * NW] |= uint64_t(sp[0][j]) << sh;
-            kb[base + j * NW] |= uint64_t(sp[1][j]) << sh;
-            vb[base + j * NW] |= uint64_t(sp[2][j]) << sh;
-          }
-        }
-      }
-      for (int64_t c = c0; c < c0 + nc; ++c) mask_channel(qb, kb, vb, yb, mk, T, B, D, NW, b, c, lm);
-    }
-  }
+  qkv_lif_bits(pp, T, B, N, D, NW, lq, lk, lv, qb, kb, vb, threads, [&](int64_t b, int64_t c0, int64_t nc) {
+    for (int64_t c = c0; c < c0 + nc; ++c) mask_channel(qb, kb, vb, yb, mk, T, B, D, NW, b, c, lm);
+  });
 }
 
 // Dense 3x3 / stride 1 / pad 1 conv of a real map x[NB*H*W, Cin] (the encoding layer); w[Cin, 3, 3, Cout].
@@ -600,63 +440,8 @@ void token_mean(const at::Tensor& x, int64_t T, int64_t B, int64_t N, at::Tensor
 }  // namespace
 
 // ------------------------------------------------------------------------------------------ Python module
-// The kernels as functions of a Python module that take numpy arrays (spikedriven.engine.cpp_kernels calls them).
-// Not torch.ops: there every call would pay ~5 us of dispatch plus ~1.4 us of torch.from_numpy per array, as long as
-// a small kernel at batch 1; here each array becomes a tensor view (no copy) that the kernel checks as usual.
-// The GIL is released while a kernel runs (as the numba kernels do, nogil=True).
-namespace {
-
-namespace py = pybind11;
-
-at::Tensor view(const py::array& a) {
-  const py::dtype dt = a.dtype();
-  const char kind = dt.kind();
-  const auto size = dt.itemsize();
-  at::ScalarType st;
-  if (kind == 'f') st = size == 4 ? at::kFloat : size == 8 ? at::kDouble : at::kHalf;
-  else if (kind == 'i') st = size == 1 ? at::kChar : size == 2 ? at::kShort : size == 4 ? at::kInt : at::kLong;
-  else if (kind == 'u' && (size == 1 || size == 8)) st = size == 1 ? at::kByte : at::kUInt64;
-  else if (kind == 'b') st = at::kBool;
-  else throw py::type_error("spikedriven_engine: unsupported array dtype " + std::string(py::str(dt)));
-  std::vector<int64_t> sizes(a.ndim()), strides(a.ndim());
-  for (py::ssize_t d = 0; d < a.ndim(); ++d) {
-    sizes[d] = a.shape(d);
-    strides[d] = a.strides(d) / static_cast<py::ssize_t>(size);
-  }
-  return at::from_blob(const_cast<void*>(a.data()), sizes, strides, at::TensorOptions().dtype(st));
-}
-
-// A kernel parameter as Python passes it: tensors as numpy arrays, everything else as is.
-template <class T>
-struct PyArg {
-  using type = T;
-  static T from(T v) { return v; }
-};
-template <>
-struct PyArg<at::Tensor> {
-  using type = const py::array&;
-  static at::Tensor from(const py::array& a) { return view(a); }
-};
-template <>
-struct PyArg<const at::Tensor&> : PyArg<at::Tensor> {};
-
-// m.name(...) = kernel(...) on numpy arrays: views are made with the GIL held, the kernel runs without it, and its
-// argument errors (c10::Error) become Python RuntimeErrors.
-template <class... Args>
-void bind(py::module_& m, const char* name, void (*kernel)(Args...)) {
-  m.def(name, [kernel](typename PyArg<Args>::type... py_args) {
-    std::tuple<std::decay_t<decltype(PyArg<Args>::from(py_args))>...> args{PyArg<Args>::from(py_args)...};
-    try {
-      py::gil_scoped_release nogil;
-      std::apply(kernel, args);
-    } catch (const c10::Error& e) {
-      throw std::runtime_error(e.what_without_backtrace());
-    }
-  });
-}
-
-}  // namespace
-
+// The kernels as functions of a Python module that take numpy arrays (spikedriven.engine.cpp_kernels calls them);
+// see bind() in engine_common.h.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   bind(m, "lif_csr", &lif_csr);
   bind(m, "lif_dense", &lif_dense);
@@ -671,4 +456,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   bind(m, "erode_heads", &erode_heads);
   bind(m, "sdsa_mask", &sdsa_mask);
   bind(m, "token_mean", &token_mean);
+  register_engine_v2(m);
 }
