@@ -310,7 +310,7 @@ def test_accumulation_counts_equal_hand_computed_sops():
     rec, _ = model_spikes(model, x)
     res = compile_model(model).run(x)
     got = {c.name: c for c in res.counts}
-    T, B, D = 2, 2, 8
+    B, D = 2, 8  # batch, embed_dim (T = 2)
     ones = torch.ones(1, 1, 3, 3)
 
     def conv_adds(s, cout):  # s [T,B,C,H,W]: sum over active inputs of in-bounds taps, x Cout
@@ -448,7 +448,6 @@ def test_infer_images_are_normalised_like_training(tmp_path):
     from argparse import Namespace
 
     import torchvision.transforms.functional as TF
-    from PIL import Image
     from torchvision.transforms import InterpolationMode
 
     from spikedriven.cli.infer import load_data

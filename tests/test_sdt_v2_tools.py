@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import spikedriven as sd
 from spikedriven.checkpoint import CheckpointError, load_checkpoint
 from spikedriven.energy import energy_from_config
 from spikedriven.inference import prepare_inference

@@ -390,3 +390,23 @@ def test_cpu_bf16_warns_only_where_it_is_emulated(tmp_path, monkeypatch, native)
     tr = res["trainer"]
     assert tr.amp_dtype == torch.bfloat16
     assert any("no native bf16" in w for w in tr.warnings) is (not native)
+
+
+def test_v2_recipe_trains_and_resumes_exactly(tmp_path):
+    """A small Meta-SpikeFormer through the same trainer: stop mid-epoch, resume, identical weights and metrics."""
+    from spikedriven.models.factory import build_model
+
+    v2 = {k: v for k, v in TINY.items() if k not in ("dim", "layer", "num_heads", "time_steps", "img_size",
+                                                        "pooling_stat")}
+    v2.update(model="sdt_v2_digits_8_64", embed_dims=[8, 8, 16, 16], max_train_samples=48, drop_path_rate=0.1)
+    run = lambda name, **kw: train(dict(v2, **kw), output=str(tmp_path), experiment=name,  # noqa: E731
+                                   print_fn=lambda *_: None)
+    full = run("full")
+    part = run("part", stop_after_steps=4)
+    assert part["stopped"] and part["global_step"] == 4
+    resumed = train(None, resume=part["run_dir"], print_fn=lambda *_: None)
+    assert resumed["global_step"] == full["global_step"] == 6
+    _assert_same(_weights(full["run_dir"]), _weights(resumed["run_dir"]))
+    assert full["top1"] == resumed["top1"] and full["train_loss"] == resumed["train_loss"]
+    model, meta = build_model(checkpoint=str(Path(full["run_dir"]) / "last.pt"))
+    assert model.family == "sdt_v2" and model.embed_dim == (8, 8, 16, 16) and model.downsample_strides == (1, 1, 2, 1, 1)

@@ -2,7 +2,6 @@
 import subprocess
 import sys
 
-import pytest
 import torch
 
 from spikedriven.cli import build_parser

@@ -616,3 +616,22 @@ for _name, _kw in OFFICIAL_CONFIGS.items():
         OFFICIAL_PARAMS[_name], 80.0 if _name == "sdt_v2_8_512" else None, notes=_V2_NOTES[_name],
         recipe="imagenet_v2_" + _name[len("sdt_v2_"):], extra={"crop_pct": 0.875, "interpolation": "bicubic", "params_kd": OFFICIAL_PARAMS_KD[_name]},
         family="sdt_v2"))
+
+# Ours: small Meta-SpikeFormers sized for a 2-core CPU (no official counterpart; params are our own counts). The
+# official strides would leave 1-2 tokens per side on these images, where attn_lif stays silent and training
+# diverges (see MetaSpikeFormer's downsample_strides): the strides keep stages 3-4 at 7x7 or 8x8 tokens, and two
+# heads keep each head's K^T V wide enough for attn_lif to fire.
+_SMALL_V2 = [
+    # name, dataset, embed_dim, strides, img, in_channels, T, params, recipe, notes
+    ("sdt_v2_digits_8_64", "digits", (16, 32, 64, 80), (1, 1, 2, 1, 1), 16, 1, 1, 900_890, "digits_v2",
+     "V2's main job: sklearn digits (16 px, 8x8 tokens in stages 3-4)"),
+    ("sdt_v2_fmnist_8_64", "fashion-mnist", (16, 32, 64, 80), (2, 1, 2, 1, 1), 28, 1, 1, 900_890,
+     "fashion_mnist_v2", "Fashion-MNIST in a 45-minute CPU budget (7x7 tokens in stages 3-4)"),
+    ("sdt_v2_cifar10_8_128", "cifar10", (32, 64, 128, 160), (1, 1, 2, 2, 1), 32, 3, 4, 3_499_850, "cifar10_v2",
+     "CIFAR-10 (8x8 tokens in stages 3-4), T=4 as the V1 CIFAR models"),
+]
+for _name, _ds, _dims, _strides, _img, _cin, _T, _params, _recipe, _notes in _SMALL_V2:
+    register_model(ModelInfo(
+        _name, dict(img_size=_img, in_channels=_cin, num_classes=10, embed_dim=_dims, num_heads=2, mlp_ratio=4, T=_T,
+                    downsample_strides=_strides),
+        _ds, None, _params, None, notes=_notes, recipe=_recipe, family="sdt_v2"))
