@@ -76,3 +76,16 @@ def test_cli_exit_codes(capsys):
     assert main(["verify", "--model", "sdt_cifar10_2_256", "--shortcut", "sew", "--quiet"]) == 1
     out = capsys.readouterr().out
     assert "spike-driven: YES" in out and "spike-driven: NO" in out and "VIOLATION conv block.0.attn.q_conv" in out
+
+
+def test_a_proof_over_silent_neurons_is_not_a_plain_yes():
+    """Untrained model, calibration switched off: layers that saw no spike are named and the verdict says so."""
+    torch.manual_seed(0)
+    m = create_model("sdt_digits_1_64")
+    rep = verify_spike_driven(m, torch.randn(2, 1, 16, 16), calibrate=False)
+    assert rep.ok and rep.silent and not rep.conclusive
+    out = rep.summary()
+    assert "spike-driven: YES on the layers that received spikes" in out and "WARNING" in out
+    assert rep.silent[0].name in out
+    calibrated = verify_spike_driven(m, torch.randn(16, 1, 16, 16))  # default: calibrate on the input
+    assert calibrated.bn_calibrated_on_input and len(calibrated.silent) < len(rep.silent)

@@ -203,21 +203,23 @@ class EventEngine:
                              f"{x.shape}")
         if x.shape[-3] != p.in_channels:
             raise ValueError(f"expected {p.in_channels} input channels (dim -3), got shape {x.shape}")
-        f = 2 ** p.pooling_stat.count("1")
         H, W = x.shape[-2:]
+        f = self._total_stride()
         if H % f or W % f:
-            raise ValueError(f"input height and width must be divisible by {f}, got {H}x{W}")
+            raise ValueError(f"input height and width must be divisible by the model's total stride {f}, got {H}x{W}")
         if x.ndim == 5 and x.shape[1] != p.T:
             raise ValueError(f"event input must have T={p.T} frames (dim 1), got {x.shape[1]}")
         if not np.isfinite(x).all():
             raise ValueError("input contains NaN/inf values")
+        B = x.shape[0]
         if x.ndim == 4:  # static: the encoding conv runs once (identical at every step)
-            B = x.shape[0]
-            xs = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).reshape(B * H * W, -1)
-            return xs, 1, B, H, W
-        B = x.shape[0]  # event frames: [B,T,C,H,W] -> rows (t, b, y, x)
-        xs = np.ascontiguousarray(x.transpose(1, 0, 3, 4, 2)).reshape(p.T * B * H * W, -1)
-        return xs, p.T, B, H, W
+            return np.ascontiguousarray(x.transpose(0, 2, 3, 1)).reshape(B * H * W, -1), 1, B, H, W
+        # event frames: [B,T,C,H,W] -> rows (t, b, y, x)
+        return np.ascontiguousarray(x.transpose(1, 0, 3, 4, 2)).reshape(p.T * B * H * W, -1), p.T, B, H, W
+
+    def _total_stride(self) -> int:
+        """How much the model downsamples the input grid (its height and width must be multiples)."""
+        return 2 ** self.plan.pooling_stat.count("1")
 
     # ------------------------------------------------------------------ forward
     def run(self, x, record: bool = False) -> EngineResult:

@@ -85,36 +85,8 @@ class EventEngineV2(EventEngine):
         return np.ascontiguousarray(full).reshape(T * rows, -1)
 
     # ------------------------------------------------------------------ input
-    def _prepare_input(self, x):
-        p = self.plan
-        try:
-            import torch
-
-            if isinstance(x, torch.Tensor):
-                if x.device.type != "cpu":
-                    raise ValueError(f"spikedriven.engine is a CPU engine (numba / C++ kernels) and cannot run an "
-                                     f"input on {x.device}; pass x.cpu()")
-                x = x.detach().to("cpu", torch.float32).numpy()
-        except ImportError:  # pragma: no cover
-            pass
-        x = np.asarray(x, dtype=np.float32)
-        if x.ndim not in (4, 5):
-            raise ValueError(f"expected [B, C, H, W] (static images) or [B, T, C, H, W] (event frames), got shape "
-                             f"{x.shape}")
-        if x.shape[-3] != p.in_channels:
-            raise ValueError(f"expected {p.in_channels} input channels (dim -3), got shape {x.shape}")
-        H, W = x.shape[-2:]
-        f = p.total_stride
-        if H % f or W % f:
-            raise ValueError(f"input height and width must be divisible by the total stride {f}, got {H}x{W}")
-        if x.ndim == 5 and x.shape[1] != p.T:
-            raise ValueError(f"event input must have T={p.T} frames (dim 1), got {x.shape[1]}")
-        if not np.isfinite(x).all():
-            raise ValueError("input contains NaN/inf values")
-        B = x.shape[0]
-        if x.ndim == 4:  # static: the encoding conv runs once (identical at every step)
-            return np.ascontiguousarray(x.transpose(0, 2, 3, 1)).reshape(B * H * W, -1), 1, B, H, W
-        return np.ascontiguousarray(x.transpose(1, 0, 3, 4, 2)).reshape(p.T * B * H * W, -1), p.T, B, H, W
+    def _total_stride(self) -> int:
+        return self.plan.total_stride
 
     # ------------------------------------------------------------------ layers
     def _encode(self, xs, Tx, B, H, W):

@@ -149,26 +149,34 @@ def max_pool_dense(x, NB, H, W, out):
 
 
 # ------------------------------------------------------------------------------ synaptic layers
+@njit(cache=True, inline="always")
+def _out_size(n, k, stride, pad):
+    return (n + 2 * pad - k) // stride + 1
+
+
 @njit(**_OPTS)
-def dense_conv3x3(x, NB, H, W, w, bias, out, macs):
-    """Dense 3x3/s1/p1 conv (the encoding layer): ``x[NB*H*W, Cin]`` real, ``w[Cin,3,3,Cout]``.
-    Multiply-accumulates for every in-bounds tap; ``macs[row y]`` gets the count performed."""
+def dense_conv2d(x, NB, H, W, stride, pad, w, bias, out, macs):
+    """Dense k x k conv, any stride / padding (the encoding layer): ``x[NB*H*W, Cin]`` real, ``w[Cin,k,k,Cout]``.
+    Multiply-accumulates for every in-bounds tap; ``macs[nb*Ho + yo]`` gets the count performed."""
     Cin = w.shape[0]
+    k = w.shape[1]
     Cout = w.shape[3]
-    for ry in prange(NB * H):
-        nb = ry // H
-        y = ry % H
+    Ho = _out_size(H, k, stride, pad)
+    Wo = _out_size(W, k, stride, pad)
+    for ry in prange(NB * Ho):
+        nb = ry // Ho
+        yo = ry % Ho
         m = 0
-        for xx in range(W):
-            o = ry * W + xx
+        for xo in range(Wo):
+            o = ry * Wo + xo
             for j in range(Cout):
                 out[o, j] = 0.0
-            for ky in range(3):
-                iy = y + ky - 1
+            for ky in range(k):
+                iy = yo * stride + ky - pad
                 if iy < 0 or iy >= H:
                     continue
-                for kx in range(3):
-                    ix = xx + kx - 1
+                for kx in range(k):
+                    ix = xo * stride + kx - pad
                     if ix < 0 or ix >= W:
                         continue
                     i = (nb * H + iy) * W + ix
@@ -180,6 +188,11 @@ def dense_conv3x3(x, NB, H, W, w, bias, out, macs):
             for j in range(Cout):
                 out[o, j] += bias[j]
         macs[ry] = m
+
+
+def dense_conv3x3(x, NB, H, W, w, bias, out, macs):
+    """Dense 3x3/s1/p1 conv (V1's encoding layer): :func:`dense_conv2d` with stride 1 and padding 1."""
+    dense_conv2d(x, NB, H, W, 1, 1, w, bias, out, macs)
 
 
 @njit(**_OPTS)
@@ -265,6 +278,40 @@ def _mask_channel(qbits, kbits, vbits, b, c, vth_m, k_m, tau_m, divide, ybits, m
             vm = h
 
 
+@njit(cache=True, inline="always")
+def _qkv_lif_channel(p, T, N, D, b, c, vth_q, k_q, tau_q, vth_k, k_k, tau_k, vth_v, k_v, tau_v, divide, qbits, kbits,
+                     vbits):
+    """The q, k and v neurons of channel c of sample b over all tokens and steps: ``p[T, B*N, 3D]`` (q | k | v
+    pre-activations) -> bit n%64 of word n//64 of ``*bits[t, b, c]`` (zeroed by the caller). Shared by SDSA (V1)
+    and the V2 linear attention."""
+    for n in range(N):
+        wd = n >> 6
+        bit = np.uint64(1) << np.uint64(n & 63)
+        r = b * N + n
+        vq = np.float32(0.0)
+        vk = np.float32(0.0)
+        vv = np.float32(0.0)
+        for t in range(T):
+            h = _charge(vq, p[t, r, c], k_q, tau_q, divide)
+            if h >= vth_q:
+                qbits[t, b, c, wd] |= bit
+                vq = np.float32(0.0)
+            else:
+                vq = h
+            h = _charge(vk, p[t, r, D + c], k_k, tau_k, divide)
+            if h >= vth_k:
+                kbits[t, b, c, wd] |= bit
+                vk = np.float32(0.0)
+            else:
+                vk = h
+            h = _charge(vv, p[t, r, 2 * D + c], k_v, tau_v, divide)
+            if h >= vth_v:
+                vbits[t, b, c, wd] |= bit
+                vv = np.float32(0.0)
+            else:
+                vv = h
+
+
 @njit(**_OPTS)
 def qkv_lif_sdsa(p, T, B, N, D, vth_q, k_q, tau_q, vth_k, k_k, tau_k, vth_v, k_v, tau_v, vth_m, k_m, tau_m,
                  divide, qbits, kbits, vbits, ybits, mask):
@@ -278,32 +325,8 @@ def qkv_lif_sdsa(p, T, B, N, D, vth_q, k_q, tau_q, vth_k, k_k, tau_k, vth_v, k_v
     for bc in prange(B * D):
         b = bc // D
         c = bc % D
-        for n in range(N):
-            wd = n >> 6
-            bit = np.uint64(1) << np.uint64(n & 63)
-            r = b * N + n
-            vq = np.float32(0.0)
-            vk = np.float32(0.0)
-            vv = np.float32(0.0)
-            for t in range(T):
-                h = _charge(vq, p[t, r, c], k_q, tau_q, divide)
-                if h >= vth_q:
-                    qbits[t, b, c, wd] |= bit
-                    vq = np.float32(0.0)
-                else:
-                    vq = h
-                h = _charge(vk, p[t, r, D + c], k_k, tau_k, divide)
-                if h >= vth_k:
-                    kbits[t, b, c, wd] |= bit
-                    vk = np.float32(0.0)
-                else:
-                    vk = h
-                h = _charge(vv, p[t, r, 2 * D + c], k_v, tau_v, divide)
-                if h >= vth_v:
-                    vbits[t, b, c, wd] |= bit
-                    vv = np.float32(0.0)
-                else:
-                    vv = h
+        _qkv_lif_channel(p, T, N, D, b, c, vth_q, k_q, tau_q, vth_k, k_k, tau_k, vth_v, k_v, tau_v, divide, qbits,
+                         kbits, vbits)
         _mask_channel(qbits, kbits, vbits, b, c, vth_m, k_m, tau_m, divide, ybits, mask)
 
 

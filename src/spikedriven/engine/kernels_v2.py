@@ -11,13 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .kernels import (_OPTS, _charge, dense_conv3x3, lif_csr, lif_dense, popcount64, sparse_conv3x3,  # noqa: F401
-                      sparse_linear, token_mean, tokenbits_to_csr)
-
-
-@njit(cache=True, inline="always")
-def _out_size(n, k, stride, pad):
-    return (n + 2 * pad - k) // stride + 1
+from .kernels import (_OPTS, _charge, _out_size, _qkv_lif_channel, dense_conv2d, dense_conv3x3,  # noqa: F401
+                      lif_csr, lif_dense, popcount64, sparse_conv3x3, sparse_linear, token_mean, tokenbits_to_csr)
 
 
 # ------------------------------------------------------------------------------------------- convolutions
@@ -71,42 +66,6 @@ def sparse_conv2d(idx, cnt, NB, H, W, stride, pad, wb, bias, resid, out, acc):
                     out[o, j0 + j] += resid[o, j0 + j]
         if jb == 0:
             acc[ry] = a * Cout
-
-
-@njit(**_OPTS)
-def dense_conv2d(x, NB, H, W, stride, pad, w, bias, out, macs):
-    """Dense k x k conv, any stride / padding (the encoding layer): ``x[NB*H*W, Cin]`` real, ``w[Cin,k,k,Cout]``.
-    Multiply-accumulates for every in-bounds tap; ``macs[nb*Ho + yo]`` gets the count performed."""
-    Cin = w.shape[0]
-    k = w.shape[1]
-    Cout = w.shape[3]
-    Ho = _out_size(H, k, stride, pad)
-    Wo = _out_size(W, k, stride, pad)
-    for ry in prange(NB * Ho):
-        nb = ry // Ho
-        yo = ry % Ho
-        m = 0
-        for xo in range(Wo):
-            o = ry * Wo + xo
-            for j in range(Cout):
-                out[o, j] = 0.0
-            for ky in range(k):
-                iy = yo * stride + ky - pad
-                if iy < 0 or iy >= H:
-                    continue
-                for kx in range(k):
-                    ix = xo * stride + kx - pad
-                    if ix < 0 or ix >= W:
-                        continue
-                    i = (nb * H + iy) * W + ix
-                    for c in range(Cin):
-                        a = x[i, c]
-                        for j in range(Cout):
-                            out[o, j] += a * w[c, ky, kx, j]
-                    m += Cin * Cout
-            for j in range(Cout):
-                out[o, j] += bias[j]
-        macs[ry] = m
 
 
 @njit(**_OPTS)
@@ -179,34 +138,8 @@ def qkv_lif_bits(p, T, B, N, D, vth_q, k_q, tau_q, vth_k, k_k, tau_k, vth_v, k_v
     """q/k/v neurons: ``p[T, B*N, 3D]`` (q | k | v pre-activations) -> token-packed spikes ``*bits[T, B, D, NW]``
     (bit n%64 of word n//64 = token n; zeroed by the caller). One (sample, channel) per task."""
     for bc in prange(B * D):
-        b = bc // D
-        c = bc % D
-        for n in range(N):
-            wd = n >> 6
-            bit = np.uint64(1) << np.uint64(n & 63)
-            r = b * N + n
-            vq = np.float32(0.0)
-            vk = np.float32(0.0)
-            vv = np.float32(0.0)
-            for t in range(T):
-                h = _charge(vq, p[t, r, c], k_q, tau_q, divide)
-                if h >= vth_q:
-                    qbits[t, b, c, wd] |= bit
-                    vq = np.float32(0.0)
-                else:
-                    vq = h
-                h = _charge(vk, p[t, r, D + c], k_k, tau_k, divide)
-                if h >= vth_k:
-                    kbits[t, b, c, wd] |= bit
-                    vk = np.float32(0.0)
-                else:
-                    vk = h
-                h = _charge(vv, p[t, r, 2 * D + c], k_v, tau_v, divide)
-                if h >= vth_v:
-                    vbits[t, b, c, wd] |= bit
-                    vv = np.float32(0.0)
-                else:
-                    vv = h
+        _qkv_lif_channel(p, T, N, D, bc // D, bc % D, vth_q, k_q, tau_q, vth_k, k_k, tau_k, vth_v, k_v,
+                         tau_v, divide, qbits, kbits, vbits)
 
 
 @njit(**_OPTS)

@@ -19,6 +19,9 @@ namespace sd_engine {
 
 typedef float v8 __attribute__((vector_size(32)));
 
+// Output size of a k x k conv with this stride and zero padding.
+inline int64_t out_size(int64_t n, int64_t k, int64_t stride, int64_t pad) { return (n + 2 * pad - k) / stride + 1; }
+
 inline v8 load8(const float* p) {
   v8 r;
   std::memcpy(&r, p, sizeof(r));  // unaligned load

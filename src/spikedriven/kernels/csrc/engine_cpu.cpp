@@ -191,19 +191,21 @@ void qkv_lif_sdsa(const at::Tensor& pre, int64_t T, int64_t B, int64_t N, int64_
   });
 }
 
-// Dense 3x3 / stride 1 / pad 1 conv of a real map x[NB*H*W, Cin] (the encoding layer); w[Cin, 3, 3, Cout].
-// macs[nb*H + y] = multiply-accumulates performed for that output row (every in-bounds tap, zero or not).
-void dense_conv3x3(const at::Tensor& x, int64_t NB, int64_t H, int64_t W, const at::Tensor& w,
-                   const at::Tensor& bias, at::Tensor out, at::Tensor macs, int64_t threads) {
+// Dense k x k conv, any stride and padding, of a real map x[NB*H*W, Cin] (the encoding layer); w[Cin, k, k, Cout].
+// macs[nb*Ho + yo] = multiply-accumulates performed for that output row (every in-bounds tap, zero or not).
+void dense_conv2d(const at::Tensor& x, int64_t NB, int64_t H, int64_t W, int64_t stride, int64_t pad,
+                  const at::Tensor& w, const at::Tensor& bias, at::Tensor out, at::Tensor macs, int64_t threads) {
   check(x, at::kFloat, 2, "x");
   check(w, at::kFloat, 4, "w");
   check(bias, at::kFloat, 1, "bias");
   check(out, at::kFloat, 2, "out");
   check(macs, at::kLong, 1, "macs");
-  const int64_t cin = w.size(0), cout = w.size(3), P = NB * H * W;
-  TORCH_CHECK(w.size(1) == 3 && w.size(2) == 3, "w must be [Cin, 3, 3, Cout]");
-  TORCH_CHECK(x.size(0) == P && x.size(1) == cin, "x must be [NB*H*W, Cin]");
-  TORCH_CHECK(out.size(0) == P && out.size(1) == cout && bias.size(0) == cout && macs.size(0) == NB * H,
+  const int64_t cin = w.size(0), k = w.size(1), cout = w.size(3);
+  TORCH_CHECK(w.size(2) == k && stride >= 1 && pad >= 0, "w must be [Cin, k, k, Cout], stride >= 1, pad >= 0");
+  const int64_t Ho = out_size(H, k, stride, pad), Wo = out_size(W, k, stride, pad);
+  TORCH_CHECK(Ho >= 1 && Wo >= 1, "empty output grid");
+  TORCH_CHECK(x.size(0) == NB * H * W && x.size(1) == cin, "x must be [NB*H*W, Cin]");
+  TORCH_CHECK(out.size(0) == NB * Ho * Wo && out.size(1) == cout && bias.size(0) == cout && macs.size(0) == NB * Ho,
               "out/bias/macs shape mismatch");
   const float* xp = x.data_ptr<float>();
   const float* wp = w.data_ptr<float>();
@@ -211,27 +213,40 @@ void dense_conv3x3(const at::Tensor& x, int64_t NB, int64_t H, int64_t W, const 
   float* op = out.data_ptr<float>();
   int64_t* mp = macs.data_ptr<int64_t>();
 #pragma omp parallel for schedule(static) num_threads(threads_or_default(threads))
-  for (int64_t ry = 0; ry < NB * H; ++ry) {
-    const int64_t nb = ry / H, y = ry % H;
+  for (int64_t ry = 0; ry < NB * Ho; ++ry) {
+    const int64_t nb = ry / Ho, yo = ry % Ho;
     int64_t taps = 0;
-    for (int64_t xx = 0; xx < W; ++xx) {
+    for (int64_t xo = 0; xo < Wo; ++xo) {
       auto rows = [&](auto&& f) {
-        for (int64_t ky = 0; ky < 3; ++ky) {
-          const int64_t iy = y + ky - 1;
+        for (int64_t ky = 0; ky < k; ++ky) {
+          const int64_t iy = yo * stride + ky - pad;
           if (iy < 0 || iy >= H) continue;
-          for (int64_t kx = 0; kx < 3; ++kx) {
-            const int64_t ix = xx + kx - 1;
+          for (int64_t kx = 0; kx < k; ++kx) {
+            const int64_t ix = xo * stride + kx - pad;
             if (ix < 0 || ix >= W) continue;
             const float* xi = xp + ((nb * H + iy) * W + ix) * cin;
-            for (int64_t c = 0; c < cin; ++c) f(wp + (c * 9 + ky * 3 + kx) * cout, xi[c]);
+            for (int64_t c = 0; c < cin; ++c) f(wp + ((c * k + ky) * k + kx) * cout, xi[c]);
           }
         }
       };
-      accumulate_row(op + (ry * W + xx) * cout, bp, nullptr, cout, rows);
-      taps += (std::min(y + 2, H) - std::max<int64_t>(y - 1, 0)) * (std::min(xx + 2, W) - std::max<int64_t>(xx - 1, 0));
+      accumulate_row(op + (ry * Wo + xo) * cout, bp, nullptr, cout, rows);
+      for (int64_t ky = 0; ky < k; ++ky) {
+        const int64_t iy = yo * stride + ky - pad;
+        if (iy < 0 || iy >= H) continue;
+        for (int64_t kx = 0; kx < k; ++kx) {
+          const int64_t ix = xo * stride + kx - pad;
+          taps += ix >= 0 && ix < W;
+        }
+      }
     }
     mp[ry] = taps * cin * cout;
   }
+}
+
+// Dense 3x3 conv, stride 1, pad 1 (V1's encoding layer): dense_conv2d.
+void dense_conv3x3(const at::Tensor& x, int64_t NB, int64_t H, int64_t W, const at::Tensor& w,
+                   const at::Tensor& bias, at::Tensor out, at::Tensor macs, int64_t threads) {
+  dense_conv2d(x, NB, H, W, 1, 1, w, bias, out, macs, threads);
 }
 
 // ------------------------------------------------------------------------------------------------- pools
@@ -446,6 +461,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   bind(m, "lif_csr", &lif_csr);
   bind(m, "lif_dense", &lif_dense);
   bind(m, "dense_conv3x3", &dense_conv3x3);
+  bind(m, "dense_conv2d", &dense_conv2d);
   bind(m, "sparse_linear", &sparse_linear);
   bind(m, "sparse_conv3x3", &sparse_conv3x3);
   bind(m, "or_pool_csr", &or_pool_csr);

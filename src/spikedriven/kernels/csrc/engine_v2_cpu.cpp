@@ -3,7 +3,7 @@
 //   * sparse_conv2d: any k x k / stride / padding conv on a CSR spike map, weights in blocks of 64 columns (every
 //     synaptic layer on spikes: 3x3 convs of stride 1 or 2, 1x1 convs and token linears as k = 1):
 //     out = ((0 + w_1) + w_2 + ...) + bias (+ resid), taps (ky, kx) row-major, then active channels ascending.
-//   * dense_conv2d: the encoding conv (7x7, stride s, pad 3) on the real image: ((0 + x_1 * w_1) + ...) + bias.
+//   (the encoding conv, 7x7 with stride s and pad 3 on the real image, is engine_cpu.cpp's dense_conv2d)
 //   * sparse_dwconv: SepConv's depthwise k x k conv (stride 1) on binary input: for each output element, the
 //     weights of its channel at the in-bounds taps whose input spiked, taps row-major, then + bias.
 //   * dense_linear: SepConv's pwconv2 on the depthwise conv's real-valued output: ((0 + x_1 * w_1) + ...) + bias
@@ -15,8 +15,6 @@
 namespace {
 
 using namespace sd_engine;
-
-inline int64_t out_size(int64_t n, int64_t k, int64_t stride, int64_t pad) { return (n + 2 * pad - k) / stride + 1; }
 
 // k x k conv (any stride, zero padding) on a CSR spike map with rows (nb, y, x) of an H x W grid, with weights in
 // column blocks: wb[nblk, Cin, k, k, 64] holds columns [64 jb, 64 jb + 64) of w[Cin, k, k, Cout] (the last block
@@ -85,58 +83,6 @@ void sparse_conv2d(const at::Tensor& idx, const at::Tensor& cnt, int64_t NB, int
         }
       ap[ry] = added * cout;
     }
-  }
-}
-
-// Dense k x k conv, any stride and padding, of a real map x[NB*H*W, Cin] (the encoding layer); w[Cin, k, k, Cout].
-// macs[nb*Ho + yo] = multiply-accumulates performed for that output row (every in-bounds tap, zero or not).
-void dense_conv2d(const at::Tensor& x, int64_t NB, int64_t H, int64_t W, int64_t stride, int64_t pad,
-                  const at::Tensor& w, const at::Tensor& bias, at::Tensor out, at::Tensor macs, int64_t threads) {
-  check(x, at::kFloat, 2, "x");
-  check(w, at::kFloat, 4, "w");
-  check(bias, at::kFloat, 1, "bias");
-  check(out, at::kFloat, 2, "out");
-  check(macs, at::kLong, 1, "macs");
-  const int64_t cin = w.size(0), k = w.size(1), cout = w.size(3);
-  TORCH_CHECK(w.size(2) == k && stride >= 1 && pad >= 0, "w must be [Cin, k, k, Cout], stride >= 1, pad >= 0");
-  const int64_t Ho = out_size(H, k, stride, pad), Wo = out_size(W, k, stride, pad);
-  TORCH_CHECK(Ho >= 1 && Wo >= 1, "empty output grid");
-  TORCH_CHECK(x.size(0) == NB * H * W && x.size(1) == cin, "x must be [NB*H*W, Cin]");
-  TORCH_CHECK(out.size(0) == NB * Ho * Wo && out.size(1) == cout && bias.size(0) == cout && macs.size(0) == NB * Ho,
-              "out/bias/macs shape mismatch");
-  const float* xp = x.data_ptr<float>();
-  const float* wp = w.data_ptr<float>();
-  const float* bp = bias.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  int64_t* mp = macs.data_ptr<int64_t>();
-#pragma omp parallel for schedule(static) num_threads(threads_or_default(threads))
-  for (int64_t ry = 0; ry < NB * Ho; ++ry) {
-    const int64_t nb = ry / Ho, yo = ry % Ho;
-    int64_t taps = 0;
-    for (int64_t xo = 0; xo < Wo; ++xo) {
-      auto rows = [&](auto&& f) {
-        for (int64_t ky = 0; ky < k; ++ky) {
-          const int64_t iy = yo * stride + ky - pad;
-          if (iy < 0 || iy >= H) continue;
-          for (int64_t kx = 0; kx < k; ++kx) {
-            const int64_t ix = xo * stride + kx - pad;
-            if (ix < 0 || ix >= W) continue;
-            const float* xi = xp + ((nb * H + iy) * W + ix) * cin;
-            for (int64_t c = 0; c < cin; ++c) f(wp + ((c * k + ky) * k + kx) * cout, xi[c]);
-          }
-        }
-      };
-      accumulate_row(op + (ry * Wo + xo) * cout, bp, nullptr, cout, rows);
-      for (int64_t ky = 0; ky < k; ++ky) {
-        const int64_t iy = yo * stride + ky - pad;
-        if (iy < 0 || iy >= H) continue;
-        for (int64_t kx = 0; kx < k; ++kx) {
-          const int64_t ix = xo * stride + kx - pad;
-          taps += ix >= 0 && ix < W;
-        }
-      }
-    }
-    mp[ry] = taps * cin * cout;
   }
 }
 
@@ -319,7 +265,6 @@ void q_rows_lif(const at::Tensor& qidx, const at::Tensor& qcnt, const at::Tensor
 
 void register_engine_v2(pybind11::module_& m) {
   bind(m, "sparse_conv2d", &sparse_conv2d);
-  bind(m, "dense_conv2d", &dense_conv2d);
   bind(m, "sparse_dwconv", &sparse_dwconv);
   bind(m, "dense_linear", &dense_linear);
   bind(m, "qkv_lif_bits", &qkv_lif_bits_k);
