@@ -1,7 +1,7 @@
 """Meta-SpikeFormer (V2) on the event-driven engine vs our fastest dense fp32 PyTorch path: agreement, latency and
 throughput vs firing rate.
 
-    python benchmarks/bench_engine_v2.py --checkpoint runs/fmnist_v2/best.pt            # a trained V2
+    python benchmarks/bench_engine_v2.py --checkpoint runs/fmnist_v2_e4/best.pt            # a trained V2
     python benchmarks/bench_engine_v2.py --random --agreement 500                              # no checkpoint yet
     python benchmarks/bench_engine_v2.py --checkpoint ck.pt --agreement 0 --scales 1 --threads 1   # quick
 
