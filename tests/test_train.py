@@ -410,3 +410,19 @@ def test_v2_recipe_trains_and_resumes_exactly(tmp_path):
     assert full["top1"] == resumed["top1"] and full["train_loss"] == resumed["train_loss"]
     model, meta = build_model(checkpoint=str(Path(full["run_dir"]) / "last.pt"))
     assert model.family == "sdt_v2" and model.embed_dim == (8, 8, 16, 16) and model.downsample_strides == (1, 1, 2, 1, 1)
+
+
+def test_curve_places_an_epoch_cut_by_the_time_limit_where_it_stopped(tmp_path):
+    """A run cut 207 batches into its 4th epoch (of 937 steps) is drawn at 3.22 epochs, not as a whole 4th."""
+    from spikedriven.training.report import curve_points, plot_curve
+
+    rows = [dict(epoch="0", step="937", top1="74.5", ema_top1=""), dict(epoch="3", step="3018", top1="85.7",
+                                                                       ema_top1="")]
+    x, y = curve_points(rows, "top1", steps_per_epoch=937)
+    assert x == [1.0, 3018 / 937] and y == [74.5, 85.7]
+    assert curve_points(rows, "top1") == ([1, 4], [74.5, 85.7])  # without the epoch length: epoch numbers
+    assert curve_points(rows, "ema_top1", 937) == ([], [])
+    csv = tmp_path / "metrics.csv"
+    csv.write_text("epoch,step,train_loss,eval_loss,top1,top5\n0,937,1.4,0.8,74.5,98.9\n3,3018,0.8,0.5,85.7,99.7\n")
+    assert plot_curve(csv, tmp_path / "curve.png", "t", steps_per_epoch=937)
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -587,7 +587,8 @@ class Trainer:
             self._save_best()
         self.save("last.pt")
         if self.env.is_main and r.get("plot") and self.run_dir is not None:
-            plot_curve(self.run_dir / "metrics.csv", self.run_dir / "curve.png", self._title())
+            plot_curve(self.run_dir / "metrics.csv", self.run_dir / "curve.png", self._title(),
+                       steps_per_epoch=self.steps_per_epoch)
         if reason == "time" and not last:
             where = (f"in epoch {epoch + 1} (batch {self.batch_in_epoch}/{self.steps_per_epoch})" if partial
                      else f"after epoch {epoch + 1}")

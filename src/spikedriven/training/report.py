@@ -283,8 +283,22 @@ def read_metrics(path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def plot_curve(csv_path, png_path, title: str = "") -> bool:
-    """Loss and top-1 per epoch from ``metrics.csv`` into a PNG (matplotlib, Agg)."""
+def curve_points(rows: list[dict], key: str, steps_per_epoch: int | None = None) -> tuple[list, list]:
+    """(x, y) of one ``metrics.csv`` column for the curve: x = epochs trained (``step`` / steps_per_epoch when
+    given, else epoch + 1), rows without a value skipped."""
+    xs, ys = [], []
+    for r in rows:
+        if r.get(key) not in (None, ""):
+            at_step = steps_per_epoch and r.get("step") not in (None, "")
+            xs.append(int(r["step"]) / steps_per_epoch if at_step else int(r["epoch"]) + 1)
+            ys.append(float(r[key]))
+    return xs, ys
+
+
+def plot_curve(csv_path, png_path, title: str = "", steps_per_epoch: int | None = None) -> bool:
+    """Loss and top-1 per epoch from ``metrics.csv`` into a PNG (matplotlib, Agg). With ``steps_per_epoch`` each
+    row sits at the epochs it has trained (its ``step`` / steps_per_epoch), so an epoch cut by the time limit shows
+    where it stopped instead of as a whole epoch."""
     rows = read_metrics(csv_path)
     if not rows:
         return False
@@ -294,14 +308,13 @@ def plot_curve(csv_path, png_path, title: str = "") -> bool:
     import matplotlib.pyplot as plt
 
     def col(k):
-        xs, ys = [], []
-        for r in rows:
-            if r.get(k) not in (None, ""):
-                xs.append(int(r["epoch"]) + 1)
-                ys.append(float(r[k]))
-        return xs, ys
+        return curve_points(rows, k, steps_per_epoch)
+
+    from matplotlib.ticker import MaxNLocator
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for a in (a1, a2):
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     for k, lab in (("train_loss", "train"), ("eval_loss", "eval")):
         x, y = col(k)
         if x:
