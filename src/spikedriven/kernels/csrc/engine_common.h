@@ -47,16 +47,11 @@ inline void column_block(float* out, const float* bias, const float* resid, int6
   }
 }
 
-// Column block jb of an output row: columns [64 jb, 64 jb + 64), or the last (narrower) block, with the same
-// arithmetic as accumulate_row gives those columns. `rows(f)` must give rows whose column j0 = 64 jb is at offset j0.
+// Columns [j0, cout) of an output row when fewer than 64 remain: the whole vectors of 8 in one pass over the active
+// rows, then the < 8 trailing columns one at a time.
 template <class Rows>
-inline void accumulate_block(float* out, const float* bias, const float* resid, int64_t cout, int64_t jb,
-                             const Rows& rows) {
-  int64_t j0 = jb * 64;
-  if (j0 + 64 <= cout) {
-    column_block<8>(out, bias, resid, j0, rows);
-    return;
-  }
+inline void accumulate_tail(float* out, const float* bias, const float* resid, int64_t cout, int64_t j0,
+                            const Rows& rows) {
   switch ((cout - j0) / 8) {
     case 7: column_block<7>(out, bias, resid, j0, rows); break;
     case 6: column_block<6>(out, bias, resid, j0, rows); break;
@@ -68,7 +63,7 @@ inline void accumulate_block(float* out, const float* bias, const float* resid, 
     default: break;
   }
   j0 += (cout - j0) / 8 * 8;
-  for (; j0 < cout; ++j0) {  // < 8 trailing columns
+  for (; j0 < cout; ++j0) {
     float a = 0.f;
     rows([&](const float* w, auto... x) { a += (x * ... * w[j0]); });
     float o = a + bias[j0];
@@ -77,28 +72,24 @@ inline void accumulate_block(float* out, const float* bias, const float* resid, 
   }
 }
 
+// Column block jb of an output row: columns [64 jb, 64 jb + 64), or the last (narrower) block, with the same
+// arithmetic as accumulate_row gives those columns. `rows(f)` must give rows whose column j0 = 64 jb is at offset j0.
+template <class Rows>
+inline void accumulate_block(float* out, const float* bias, const float* resid, int64_t cout, int64_t jb,
+                             const Rows& rows) {
+  const int64_t j0 = jb * 64;
+  if (j0 + 64 <= cout)
+    column_block<8>(out, bias, resid, j0, rows);
+  else
+    accumulate_tail(out, bias, resid, cout, j0, rows);
+}
+
+// A whole output row: 64-column blocks, then the tail.
 template <class Rows>
 inline void accumulate_row(float* out, const float* bias, const float* resid, int64_t cout, const Rows& rows) {
   int64_t j0 = 0;
   for (; j0 + 64 <= cout; j0 += 64) column_block<8>(out, bias, resid, j0, rows);
-  switch ((cout - j0) / 8) {  // the remaining whole vectors in one pass over the active rows
-    case 7: column_block<7>(out, bias, resid, j0, rows); break;
-    case 6: column_block<6>(out, bias, resid, j0, rows); break;
-    case 5: column_block<5>(out, bias, resid, j0, rows); break;
-    case 4: column_block<4>(out, bias, resid, j0, rows); break;
-    case 3: column_block<3>(out, bias, resid, j0, rows); break;
-    case 2: column_block<2>(out, bias, resid, j0, rows); break;
-    case 1: column_block<1>(out, bias, resid, j0, rows); break;
-    default: break;
-  }
-  j0 += (cout - j0) / 8 * 8;
-  for (; j0 < cout; ++j0) {  // < 8 trailing columns
-    float a = 0.f;
-    rows([&](const float* w, auto... x) { a += (x * ... * w[j0]); });
-    float o = a + bias[j0];
-    if (resid) o += resid[j0];
-    out[j0] = o;
-  }
+  accumulate_tail(out, bias, resid, cout, j0, rows);
 }
 
 inline void check(const at::Tensor& t, at::ScalarType dtype, int64_t dim, const char* name) {
