@@ -11,9 +11,9 @@ from importlib import import_module
 from ._version import __version__
 
 _NAMES = {
-    "SpikeDrivenTransformer": "models", "MetaSpikeFormer": "models", "create_model": "models", "build_model": "models", "list_models": "models",
+    "SpikeDrivenTransformer": "models", "MetaSpikeFormer": "models", "ESpikeFormer": "models", "create_model": "models", "build_model": "models", "list_models": "models",
     "list_families": "models", "model_info": "models", "register_model": "models", "ModelInfo": "models",
-    "LIF": "neuron", "ParametricLIF": "neuron", "set_backend": "neuron", "neurons": "neuron",
+    "LIF": "neuron", "IntegerNeuron": "neuron", "ParametricLIF": "neuron", "set_backend": "neuron", "neurons": "neuron",
     "load_checkpoint": "checkpoint", "save_safetensors": "checkpoint", "verify_spike_driven": "verify",
     "prepare_inference": "inference",
 }

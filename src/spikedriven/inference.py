@@ -30,17 +30,23 @@ def _bn_name(conv_name: str) -> str | None:
 
 
 def conv_bn_pairs(model: nn.Module) -> list[tuple[nn.Module, str, str]]:
-    """(parent module, conv attribute, bn attribute) for every conv directly followed by its BN.
+    """(parent module, conv attribute, bn attribute) for every conv directly followed by its BN (by name, or as
+    the next module of a Sequential).
 
     The pairing is by the official naming schemes and checked by channel count, so a renamed or reordered layer
     fails loudly instead of folding the wrong BN.
     """
     pairs = []
     for parent in model.modules():
-        for name, child in parent.named_children():
+        children = list(parent.named_children())
+        for i, (name, child) in enumerate(children):
             if not isinstance(child, _CONV):
                 continue
-            bn_name = _bn_name(name)
+            if isinstance(parent, nn.Sequential):  # Sequential(conv, BN), as V3's pwconv1 / q_conv
+                nxt = children[i + 1] if i + 1 < len(children) else None
+                bn_name = nxt[0] if nxt is not None and isinstance(nxt[1], _BN) else None
+            else:
+                bn_name = _bn_name(name)
             bn = getattr(parent, bn_name, None) if bn_name else None
             if not isinstance(bn, _BN):
                 continue

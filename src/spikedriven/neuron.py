@@ -28,7 +28,8 @@ from .surrogate import ATan, Sigmoid, Surrogate, Triangle, spike_fn
 
 __all__ = [
     "Surrogate", "Sigmoid", "ATan", "Triangle", "spike_fn", "lif_multistep_reference", "plif_multistep_reference",
-    "SpikingNeuron", "LIF", "ParametricLIF", "make_neuron", "set_backend", "neurons",
+    "Neuron", "SpikingNeuron", "LIF", "ParametricLIF", "IntegerNeuron", "NEURON_TYPES", "make_neuron",
+    "set_backend", "neurons",
 ]
 
 
@@ -61,8 +62,31 @@ def _storage_order_call(fn, x: torch.Tensor) -> torch.Tensor:
     return fn(xp).permute(inv)
 
 
-class SpikingNeuron(nn.Module):
-    """Base of every spiking neuron: threshold, surrogate, detached reset and a ``backend``.
+class Neuron(nn.Module):
+    """Base of every neuron type (binary LIF neurons and V3's integer neuron): a ``backend`` and the
+    ``supported_backends`` it may be switched to (:func:`set_backend` switches a whole model)."""
+
+    def __init__(self, backend: str | None = None):
+        super().__init__()
+        self.backend = "auto"
+        self.set_backend(backend or "auto")
+
+    @property
+    def supported_backends(self) -> tuple[str, ...]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def set_backend(self, backend: str) -> "Neuron":
+        if backend not in kernels.BACKENDS:
+            raise ValueError(f"neuron backend must be one of {kernels.BACKENDS}, got {backend!r}")
+        if backend not in self.supported_backends:
+            raise ValueError(f"{type(self).__name__} ({self.extra_repr()}) supports backends "
+                             f"{self.supported_backends}, not {backend!r}")
+        self.backend = backend
+        return self
+
+
+class SpikingNeuron(Neuron):
+    """Base of every binary spiking neuron: threshold, surrogate, detached reset and a ``backend``.
 
     ``backend`` is "auto" (the fused kernel for the tensor's device when this neuron is fusable, else the
     reference; ``$SPIKEDRIVEN_LIF_BACKEND`` overrides "auto"), "torch" (reference loop), "cpp" or "triton".
@@ -71,12 +95,10 @@ class SpikingNeuron(nn.Module):
 
     def __init__(self, v_threshold: float = 1.0, surrogate: Surrogate | None = None, detach_reset: bool = True,
                  backend: str | None = None):
-        super().__init__()
         self.v_threshold = float(v_threshold)
         self.surrogate = surrogate or Sigmoid()
         self.detach_reset = bool(detach_reset)
-        self.backend = "auto"
-        self.set_backend(backend or "auto")
+        super().__init__(backend)
 
     @property
     def supported_backends(self) -> tuple[str, ...]:
@@ -84,15 +106,6 @@ class SpikingNeuron(nn.Module):
         if kernels.fusable(self.surrogate, self.detach_reset):
             return ("auto", "torch", "cpp", "triton")
         return ("auto", "torch")
-
-    def set_backend(self, backend: str) -> "SpikingNeuron":
-        if backend not in kernels.BACKENDS:
-            raise ValueError(f"neuron backend must be one of {kernels.BACKENDS}, got {backend!r}")
-        if backend not in self.supported_backends:
-            raise ValueError(f"{type(self).__name__} with surrogate={self.surrogate!r}, detach_reset="
-                             f"{self.detach_reset} supports backends {self.supported_backends}, not {backend!r}")
-        self.backend = backend
-        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _storage_order_call(self._multistep, x)
@@ -145,8 +158,48 @@ class ParametricLIF(SpikingNeuron):
         return f"tau={self.tau:.4g}, " + super().extra_repr()
 
 
+class IntegerNeuron(Neuron):
+    """V3's integer neuron ("MultiSpike", Spike Firing Approximation): ``round(clamp(x, 0, D)) / norm``.
+
+    Trained at one time step with integer activations 0..D; the gradient passes unchanged (times 1/norm) where
+    ``0 <= x <= D`` and is zero outside. ``norm`` defaults to D (outputs in [0, 1]); V3's last neuron before the
+    head has ``norm=1`` (the head sees the integers). No membrane, no time: any input shape.
+
+    Spike-driven form: with ``expand = True`` the neuron emits its integer v as D binary spikes over D virtual
+    steps (the first v fire), stacked on a new leading axis and folded into dim 0: ``[D * N, ...]`` for an input
+    ``[N, ...]``. A layer fed by it sums its D per-step outputs (:class:`spikedriven.models.sdt_v3.VirtualSteps`),
+    which gives ``layer(v / norm)`` exactly, since the layer is linear in its input.
+    """
+
+    def __init__(self, D: int = 4, norm: float | None = None, backend: str | None = None):
+        if not (isinstance(D, int) and not isinstance(D, bool) and D >= 1):
+            raise ValueError(f"IntegerNeuron D (the largest integer, = virtual time steps) must be an int >= 1, "
+                             f"got {D!r}")
+        norm = D if norm is None else norm
+        if not (isinstance(norm, (int, float)) and not isinstance(norm, bool) and math.isfinite(norm) and norm > 0):
+            raise ValueError(f"IntegerNeuron norm must be a finite number > 0, got {norm!r}")
+        self.D, self.norm = D, float(norm)
+        self.expand = False
+        super().__init__(backend)
+
+    @property
+    def supported_backends(self) -> tuple[str, ...]:
+        return ("auto", "torch", "cpp", "triton")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.expand:
+            return kernels.integer_to_spikes(kernels.quantise_int(x, self.D), self.D)
+        return kernels.multispike(x, self.D, self.norm, self.backend)
+
+    def extra_repr(self) -> str:
+        return f"D={self.D}, norm={self.norm:g}, backend={self.backend}" + (", expand" if self.expand else "")
+
+
+NEURON_TYPES: dict[str, type[Neuron]] = {"lif": LIF, "plif": ParametricLIF, "integer": IntegerNeuron}
+
+
 def make_neuron(spike_mode: str = "lif", v_threshold: float = 1.0, backend: str | None = None) -> SpikingNeuron:
-    """Neuron factory used by the models: ``spike_mode`` "lif" (official default) or "plif"."""
+    """Neuron factory used by the V1 models: ``spike_mode`` "lif" (official default) or "plif"."""
     if spike_mode == "lif":
         return LIF(v_threshold=v_threshold, tau=2.0, backend=backend)
     if spike_mode == "plif":
@@ -154,9 +207,9 @@ def make_neuron(spike_mode: str = "lif", v_threshold: float = 1.0, backend: str 
     raise ValueError(f"spike_mode must be 'lif' or 'plif', got {spike_mode!r}")
 
 
-def neurons(model: nn.Module) -> list[tuple[str, SpikingNeuron]]:
-    """``(name, module)`` of every spiking neuron in ``model``, in module order."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, SpikingNeuron)]
+def neurons(model: nn.Module) -> list[tuple[str, Neuron]]:
+    """``(name, module)`` of every neuron (binary or integer) in ``model``, in module order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, Neuron)]
 
 
 def set_backend(model: nn.Module, backend: str) -> nn.Module:

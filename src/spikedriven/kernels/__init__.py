@@ -41,6 +41,7 @@ import os
 import torch
 
 from . import _cpp, _triton, autograd
+from .integer import integer_to_spikes, multispike, multispike_reference, quantise_int
 from .reference import heaviside_sigmoid, lif_reference, plif_reference
 from ..surrogate import Sigmoid, Surrogate
 
@@ -56,6 +57,10 @@ __all__ = [
     "lif_reference",
     "plif_reference",
     "heaviside_sigmoid",
+    "multispike",
+    "multispike_reference",
+    "quantise_int",
+    "integer_to_spikes",
 ]
 
 BACKENDS = ("auto", "torch", "cpp", "triton")
