@@ -13,7 +13,7 @@ import re
 import torch
 from torch import nn
 
-__all__ = ["fold_bn", "fold_reparam", "conv_bn_pairs", "prepare_inference", "has_unfolded_reparam"]
+__all__ = ["fold_bn", "fold_reparam", "conv_bn_pairs", "prepare_inference", "has_unfolded_reparam", "deployed_form"]
 
 _BN = nn.modules.batchnorm._BatchNorm
 _CONV = (nn.Conv1d, nn.Conv2d)
@@ -100,6 +100,13 @@ def fold_bn(model: nn.Module, inplace: bool = False) -> nn.Module:
         setattr(parent, bn_name, nn.Identity())
     model.bn_folded = True
     return model
+
+
+def deployed_form(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """The form the spike-driven tools (verifier, energy report) look at: BN and RepConvs folded; a family whose
+    neurons emit integers (V3) also expands them into binary spikes over virtual steps (``expand_spikes``)."""
+    expand = getattr(model, "expand_spikes", None)
+    return expand(inplace=inplace) if callable(expand) else fold_bn(model, inplace=inplace)
 
 
 def prepare_inference(model: nn.Module, fold: bool = True, channels_last: bool | None = None,

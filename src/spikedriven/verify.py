@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .inference import fold_bn
+from .inference import deployed_form
 from .layers.attention import Attention
-from .layers.ops import SpikeMask, SpikeMatmul, SpikeRowMatmul, TokenSum
-from .neuron import SpikingNeuron
+from .layers.ops import SpikeMask, SpikeMatmul, TokenSum
+from .neuron import Neuron
 from .probe import bn_is_calibrated, calibrate_bn, run_observed
 
 __all__ = ["LayerCheck", "SpikeDrivenReport", "verify_spike_driven", "is_binary", "default_input"]
@@ -59,6 +59,7 @@ class SpikeDrivenReport:
     shortcut: str = "?"
     bn_calibrated_on_input: bool = False
     inference_form: bool = True
+    form: str = "BN/RepConv folded"
 
     @property
     def violations(self) -> list[LayerCheck]:
@@ -91,7 +92,7 @@ class SpikeDrivenReport:
         verdict = "NO" if not self.ok else ("YES" if not self.silent else "YES on the layers that received spikes")
         head = (f"spike-driven: {verdict} (attn_mode={self.attn_mode}, shortcut={self.shortcut}; {n_syn} conv/linear "
                 f"inputs and {n_att} attention primitives checked, {len(self.violations)} violation(s)"
-                + (", inference form: BN/RepConv folded" if self.inference_form else "") + ")")
+                + (f", inference form: {self.form}" if self.inference_form else "") + ")")
         lines = [head]
         if self.bn_calibrated_on_input:
             lines.append("  (BatchNorm statistics were calibrated on the input so that neurons fire: the model was "
@@ -151,14 +152,14 @@ def _checks(model: nn.Module, x: torch.Tensor, check_neurons: bool) -> list[Laye
                                      [] if b else _offending(t), note))
         return hook
 
-    def prim_hook(name, kind, rows):
+    def prim_hook(name, kind, integer_operand):
         def hook(mod, args):
             for i, t in enumerate(args):
                 b = is_binary(t)
-                if rows and i == 1 and not b:  # binary rows select integer rows: additions
+                if integer_operand == i and not b and is_binary(args[1 - i]):  # spikes select integer rows
                     checks.append(LayerCheck(f"{name}[arg{i}]", kind, b, rate(t), True, [],
                                              "binary x integer matrix product: additions of integer rows "
-                                             "selected by the spikes"))
+                                             "(or columns) selected by the spikes"))
                     continue
                 checks.append(LayerCheck(f"{name}[arg{i}]", kind, b, rate(t), False, [] if b else _offending(t),
                                          "" if b else _PRIM_NOTES[kind]))
@@ -177,12 +178,12 @@ def _checks(model: nn.Module, x: torch.Tensor, check_neurons: bool) -> list[Laye
             pre.append((mod, syn_hook(name, "linear" if isinstance(mod, nn.Linear) else "conv",
                                       getattr(mod, "nonbinary_input", ""))))
         elif isinstance(mod, SpikeMask):
-            pre.append((mod, prim_hook(name, "mask", False)))
+            pre.append((mod, prim_hook(name, "mask", None)))
         elif isinstance(mod, TokenSum):
-            pre.append((mod, prim_hook(name, "token_sum", False)))
+            pre.append((mod, prim_hook(name, "token_sum", None)))
         elif isinstance(mod, SpikeMatmul):
-            pre.append((mod, prim_hook(name, "matmul", isinstance(mod, SpikeRowMatmul))))
-        elif check_neurons and isinstance(mod, SpikingNeuron):
+            pre.append((mod, prim_hook(name, "matmul", mod.integer_operand)))
+        elif check_neurons and isinstance(mod, Neuron):
             post.append((mod, neuron_hook(name)))
     run_observed(model, [x], pre=pre, post=post)
     return checks
@@ -204,7 +205,7 @@ def verify_spike_driven(model: nn.Module, x: torch.Tensor | None = None, batch: 
         x = default_input(model, batch, gen)
 
     def check(m):
-        m = fold_bn(m) if inference_form else copy.deepcopy(m).eval()
+        m = deployed_form(m) if inference_form else copy.deepcopy(m).eval()
         return _checks(m, x, check_neurons)
 
     calibrated_here = False
@@ -217,8 +218,10 @@ def verify_spike_driven(model: nn.Module, x: torch.Tensor | None = None, batch: 
         model, calibrated_here = calibrate_bn(copy.deepcopy(model), [x]), True
         checks = check(model)
     attn = sorted({type(m).name for m in model.modules() if isinstance(m, Attention)})
+    form = (f"BN folded, integers as {model.D} binary virtual steps" if callable(getattr(model, "expand_spikes", None))
+            else "BN/RepConv folded")
     rep = SpikeDrivenReport(checks, getattr(model, "attn_mode", ",".join(attn) or "?"),
-                            getattr(model, "shortcut", "ms"), calibrated_here, inference_form)
+                            getattr(model, "shortcut", "ms"), calibrated_here, inference_form, form)
     if rep.ok and rep.silent:
         warnings.warn(f"verify_spike_driven: {len(rep.silent)} layer(s) received no spike on this input; the "
                       f"verdict covers only the layers that did (see report.silent)", RuntimeWarning, stacklevel=3)

@@ -32,7 +32,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from ..inference import fold_bn, has_unfolded_reparam
+from ..inference import deployed_form, fold_bn, has_unfolded_reparam
 from ..layers.attention import Attention
 from ..layers.ops import SpikeMask, SpikeMatmul, TokenSum
 from ..probe import hooks_attached
@@ -58,6 +58,7 @@ class _Acc:
         self.nonneg = True
         self.first = False
         self.declared = ""  # the module says its input is real-valued, and why (e.g. V2's SepConv pwconv2)
+        self.steps = 1  # V3's spike-driven form: the layer runs on D binary virtual steps per real step
         # matmul only: the second operand
         self.b = None
 
@@ -153,9 +154,10 @@ class _Recorder:
                 self.first_name = name
                 acc.first = True
             acc.declared = getattr(mod, "nonbinary_input", "")
+            acc.steps = int(getattr(mod, "virtual_steps", 1))
             fan_in = mod.in_features if kind == "linear" else (
                 mod.in_channels // mod.groups) * math.prod(mod.kernel_size)
-            acc.flops = out.numel() / (self.T * self.batch) * fan_in
+            acc.flops = out.numel() / (self.T * self.batch * acc.steps) * fan_in
             _accumulate(acc, x, self.T)
             self.last_conv_out = tuple(out.shape) if kind == "conv" else None
         return hook
@@ -218,8 +220,12 @@ def _build_layers(rec: _Recorder, e_mac: float, e_ac: float, first_layer_T: bool
             rates, counts = _rates(acc), _counts(acc)
             binary, integer = acc.binary, acc.integer
             kind_in = "binary" if binary else ("integer" if integer else "real")
+        if acc.steps > 1:  # binary rate per virtual step x D = the mean integer (spikes per neuron per real step)
+            rates = [r * acc.steps for r in rates]
+            counts = [c * acc.steps for c in counts]
         mean = sum(rates) / T
-        note = ""
+        note = (f"{acc.steps} virtual steps: rate = mean integer (spikes per neuron), AC = FLOPs x mean integer"
+                if acc.steps > 1 else "")
         if acc.first:
             if rec.event_input and uniform_rate is None and integer and acc.nonneg and event_first_layer == "ac":
                 op, ops, kind_in = "AC", fl * sum(counts), "events"
@@ -266,6 +272,11 @@ _FOLDED_NOTE = ("inference form: each RepConv (+BN) folded into one 3x3 conv rea
                 "(9*C^2 accumulates per token instead of the training form's C^2 on spikes + (9*C + C^2) MACs)")
 
 
+_EXPANDED_NOTE = ("spike-driven form (V3): every integer activation v in 0..{D} is {D} binary virtual steps, the "
+                  "first v firing; each layer after the first adds its weights once per spike, so its ACs are "
+                  "FLOPs x mean integer (the group's rule); spike-by-spike products (Q Kᵀ, (Q Kᵀ) V) are additions")
+
+
 def _notes(rec: _Recorder, model: nn.Module) -> list[str]:
     notes = []
     if rec.bn_total:
@@ -305,7 +316,10 @@ def profile_model(model: nn.Module, batches: Iterable[torch.Tensor], *, e_mac: f
     if event_first_layer not in ("ac", "mac"):
         raise ValueError(f"event_first_layer must be 'ac' or 'mac', got {event_first_layer!r}")
     notes = []
-    if has_unfolded_reparam(model):  # count what is deployed: RepConvs folded into one conv of binary input
+    if callable(getattr(model, "expand_spikes", None)):  # V3: count the spike-driven (virtual-step) form
+        model = deployed_form(model)
+        notes.append(_EXPANDED_NOTE.format(D=model.D))
+    elif has_unfolded_reparam(model):  # count what is deployed: RepConvs folded into one conv of binary input
         model = fold_bn(model)
         notes.append(_FOLDED_NOTE)
     rec = _Recorder(model)
@@ -345,8 +359,11 @@ def energy_from_config(name_or_model, uniform_rate: float = 0.14, *, sdsa_rate: 
         model = name_or_model
         name = getattr(model, "model_name", type(model).__name__)
     meta = copy.deepcopy(model).to("meta").eval()
-    folded = has_unfolded_reparam(meta)
-    if folded:
+    expanded = callable(getattr(meta, "expand_spikes", None))
+    folded = not expanded and has_unfolded_reparam(meta)
+    if expanded:
+        meta = deployed_form(meta, inplace=True)
+    elif folded:
         fold_bn(meta, inplace=True)
     T = int(getattr(meta, "T", 1))
     size = img_size or getattr(meta, "img_size", 224)
@@ -364,6 +381,9 @@ def energy_from_config(name_or_model, uniform_rate: float = 0.14, *, sdsa_rate: 
              "BatchNorm assumed folded into the preceding conv (0 extra ops); neuron updates not counted"]
     if folded:
         notes.append(_FOLDED_NOTE)
+    if expanded:
+        notes.append(_EXPANDED_NOTE.format(D=meta.D) + f"; the uniform rate is per virtual step (mean integer "
+                                                         f"{uniform_rate * meta.D:.4g})")
     if not _spike_driven_config(model):
         notes.append("WARNING: this config is not spike-driven; a uniform-rate estimate treats every layer as AC")
     info_mj = None

@@ -140,6 +140,8 @@ class CppExtension:
 
 
 LIF_EXT = CppExtension("lif_cpu.cpp", "spikedriven_lif", "lif_fwd", "LIF kernel", "the torch reference on CPU")
+INT_EXT = CppExtension("multispike_cpu.cpp", "spikedriven_int", "multispike_fwd", "integer-neuron kernel",
+                       "the torch implementation")
 ENGINE_EXT = CppExtension("engine_cpu.cpp", "spikedriven_engine", "q_rows_lif", "event-engine kernels",
                           "the numba kernels if numba is installed", python_module=True,
                           extra_sources=("engine_v2_cpu.cpp",), headers=("engine_common.h",))

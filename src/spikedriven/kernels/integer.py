@@ -2,9 +2,9 @@
 
 ``multispike(x, D, norm)`` = ``round(clamp(x, 0, D)) / norm`` (round half to even, as ``torch.round``); its gradient
 is ``grad / norm`` where ``0 <= x <= D`` and 0 elsewhere (official ``Quant``). The autograd Function saves that
-mask as bool (1 byte per element) instead of the float input the official code keeps (4 bytes): same gradient, a
-quarter of the activation memory of every neuron. Elementwise torch ops, so it runs on every device and dtype;
-``torch.compile`` fuses it where used.
+mask (1 byte per element) instead of the float input the official code keeps (4 bytes): same gradient, a quarter
+of the activation memory of every neuron. On CPU a fused C++ kernel (``csrc/multispike_cpu.cpp``) does each pass
+in one sweep; elsewhere elementwise torch ops run (every device and dtype).
 """
 from __future__ import annotations
 
@@ -14,16 +14,41 @@ __all__ = ["multispike", "multispike_reference", "quantise_int", "integer_to_spi
 
 
 class _MultiSpike(torch.autograd.Function):
+    """Elementwise torch ops, any device and dtype; saves the in-range mask as bool."""
+
     @staticmethod
     def forward(ctx, x, D, norm):
-        ctx.save_for_backward((x >= 0) & (x <= D))
+        ctx.save_for_backward(~((x < 0) | (x > D)))  # NaN passes the gradient, as the official mask
         ctx.norm = norm
         return torch.round(torch.clamp(x, 0, D)) / norm
 
     @staticmethod
     def backward(ctx, grad):
         (inside,) = ctx.saved_tensors
-        return torch.where(inside, grad / ctx.norm, torch.zeros((), dtype=grad.dtype, device=grad.device)), None, None
+        return grad / ctx.norm * inside, None, None
+
+
+class _MultiSpikeCpp(torch.autograd.Function):
+    """The fused C++ kernel (csrc/multispike_cpu.cpp): one pass each way, a uint8 mask saved; the input's dense
+    layout (NCHW or channels_last) is kept."""
+
+    @staticmethod
+    def forward(ctx, x, D, norm):
+        need = bool(ctx.needs_input_grad[0])
+        y, mask = torch.ops.spikedriven_int.multispike_fwd(x, D, norm, need)
+        ctx.save_for_backward(mask)
+        ctx.norm = norm
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        if grad.stride() != mask.stride():
+            grad = torch.empty_like(mask, dtype=grad.dtype).copy_(grad)
+        return torch.ops.spikedriven_int.multispike_bwd(grad, mask, ctx.norm), None, None
+
+
+_FAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def multispike_reference(x: torch.Tensor, D: int, norm: float) -> torch.Tensor:
@@ -47,15 +72,36 @@ def multispike_reference(x: torch.Tensor, D: int, norm: float) -> torch.Tensor:
 
 
 def multispike(x: torch.Tensor, D: int = 4, norm: float = 4.0, backend: str = "auto") -> torch.Tensor:
-    """``round(clamp(x, 0, D)) / norm`` with V3's gradient. ``backend="torch"``: the reference formulation;
-    every other backend runs the mask-saving Function (the same arithmetic on any device)."""
+    """``round(clamp(x, 0, D)) / norm`` with V3's gradient. Backends: ``"torch"`` the official formulation in plain
+    autograd; ``"cpp"`` the fused CPU kernel (fp32/bf16/fp16); ``"auto"`` the fused kernel for CPU tensors of
+    those dtypes when it builds, else elementwise torch ops that save a bool mask (CUDA, float64, a failed build).
+    ``"triton"`` runs those torch ops too (no Triton kernel of its own: on a GPU they are memory-bound
+    elementwise passes). All give the same values and gradients."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"multispike expects a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
-    from . import requested_backend  # the one reader of the backend environment variable
+    from . import _cpp, requested_backend  # the one reader of the backend environment variable
 
-    if requested_backend(backend) == "torch":
+    which = requested_backend(backend)
+    if which == "torch":
         return multispike_reference(x, D, norm)
+    cpu_ok = x.device.type == "cpu" and x.dtype in _FAST_DTYPES and x.numel() > 0
+    if which == "cpp":
+        if not cpu_ok:
+            raise ValueError(f"backend 'cpp' runs CPU tensors of dtype float32/bfloat16/float16, got {x.dtype} on "
+                             f"{x.device}")
+        if not _cpp.INT_EXT.load():
+            raise RuntimeError(f"backend 'cpp' is unavailable: the C++ build failed ({_cpp.INT_EXT.error!r})")
+        return _MultiSpikeCpp.apply(x, int(D), float(norm))
+    if which == "auto" and cpu_ok and not torch.jit.is_tracing() and not _compiling() and _cpp.INT_EXT.load():
+        return _MultiSpikeCpp.apply(x, int(D), float(norm))
     return _MultiSpike.apply(x, D, float(norm))
+
+
+def _compiling() -> bool:
+    try:
+        return bool(torch.compiler.is_compiling())
+    except AttributeError:  # pragma: no cover - old torch
+        return False
 
 
 def quantise_int(x: torch.Tensor, D: int) -> torch.Tensor:

@@ -178,6 +178,8 @@ class TokenSum(nn.Module):
 class SpikeMatmul(nn.Module):
     """Matrix product ``a @ b`` (used by the non-spike-driven SSA/softmax comparison variants)."""
 
+    integer_operand: int | None = None  # which operand may hold integers (the other one is binary): additions
+
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return a @ b
 
@@ -185,3 +187,5 @@ class SpikeMatmul(nn.Module):
 class SpikeRowMatmul(SpikeMatmul):
     """``a @ b`` with ``a`` binary: each 1 in a row of ``a`` adds one row of ``b`` (which may hold integers), so the
     product is additions of rows, no multiplication (V2's Q @ (Kᵀ V))."""
+
+    integer_operand = 1

@@ -100,7 +100,8 @@ def spec_from_recipe(r) -> ModelSpec:
 def spec_from_checkpoint(meta: dict, source: str = "checkpoint") -> ModelSpec | None:
     """The model a checkpoint describes: ours record family, registry name and constructor arguments; official
     checkpoints carry their training ``args`` (V1: ``dim``, ``layer``, ...; V2: ``model``, ``time_steps``,
-    ``nb_classes``, ``kd``). None if the file does not say."""
+    ``nb_classes``, ``kd``; V3: ``model`` = ``Efficient_Spiking_Transformer_{t,s,m,l}``, ``input_size``). None if the
+    file does not say."""
     if isinstance(meta.get("model_kwargs"), dict):
         fam = meta.get("family") or "sdt"
         kwargs = dict(meta["model_kwargs"])
@@ -117,6 +118,18 @@ def spec_from_checkpoint(meta: dict, source: str = "checkpoint") -> ModelSpec | 
         for key, arg in (("time_steps", "T"), ("nb_classes", "num_classes"), ("kd", "kd"), ("input_size", "img_size")):
             if args.get(key) is not None:
                 spec.kwargs[arg] = bool(args[key]) if arg == "kd" else int(args[key])
+        spec.source = source
+        return spec
+    official_v3 = isinstance(args, dict) and str(args.get("model", "")).startswith("Efficient_Spiking_Transformer_")
+    if official_v3:  # BICLab/Spike-Driven-Transformer-V3 main_finetune.py: models.__dict__[args.model]()
+        name = "sdt_v3_" + str(args["model"])[len("Efficient_Spiking_Transformer_"):]
+        if not is_registered(name):
+            raise ValueError(f"{source}: official V3 model {args['model']!r} is not one of ours "
+                             f"(Efficient_Spiking_Transformer_t, _s, _m, _l)")
+        spec = spec_from_name(name)
+        # the official script builds the model with its defaults (1000 classes, whatever nb_classes says)
+        if args.get("input_size") is not None:
+            spec.kwargs["img_size"] = int(args["input_size"])
         spec.source = source
         return spec
     if isinstance(args, dict) and "dim" in args:

@@ -331,6 +331,10 @@ class ESpikeFormer(nn.Module):
             self.channels_last = bool(channels_last)
         return self
 
+    def expand_spikes(self, inplace: bool = False) -> "ESpikeFormer":
+        """The spike-driven form (see :func:`spike_driven_form`): binary spikes over D virtual steps."""
+        return spike_driven_form(self, inplace=inplace)
+
     def group_matcher(self, coarse: bool = False) -> dict:
         """Parameter groups in depth order (timm layer-wise lr decay): stem, stages, then the head."""
         order = ["downsample1_1", "ConvBlock1_1", "downsample1_2", "ConvBlock1_2", "downsample2", "ConvBlock2_1",
@@ -472,7 +476,7 @@ class VirtualSteps(nn.Module):
 def spike_driven_form(model: ESpikeFormer, inplace: bool = False) -> ESpikeFormer:
     """Eval-mode model (a copy unless ``inplace``) that computes on binary spikes only: BN folded, every neuron
     emits D binary virtual steps, every conv/linear but the first sums its D per-step outputs."""
-    if getattr(model, "spike_driven_form", False):
+    if getattr(model, "is_spike_form", False):
         return model if inplace else copy.deepcopy(model)
     model = fold_bn(model, inplace=inplace)
     first = model.downsample1_1.encode_conv
@@ -484,7 +488,7 @@ def spike_driven_form(model: ESpikeFormer, inplace: bool = False) -> ESpikeForme
     for m in model.modules():
         if isinstance(m, IntegerNeuron):
             m.expand = True
-    model.spike_driven_form = True
+    model.is_spike_form = True
     return model
 
 
