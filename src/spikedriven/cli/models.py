@@ -7,7 +7,7 @@ def register(sub) -> None:
                        description="List registered models. PATTERN is a glob ('sdt_cifar*') or a plain word that "
                                    "matches names containing it ('cifar').")
     p.add_argument("pattern", nargs="?", default="*", help="glob or word to filter names (default: all)")
-    p.add_argument("--family", help="only this family (sdt, sdt_v2)")
+    p.add_argument("--family", help="only this family (sdt, sdt_v2, sdt_v3)")
     p.set_defaults(func=run)
 
 

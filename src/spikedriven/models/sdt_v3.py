@@ -522,10 +522,10 @@ for _name, _kw in OFFICIAL_CONFIGS.items():
 # Ours: small E-SpikeFormers for a 2-core CPU (no official counterpart; params are our own counts).
 _SMALL_V3 = [
     # name, dataset, embed_dim, heads, strides, img, in_channels, params, recipe, notes
-    ("sdt_v3_digits_t", "digits", (16, 32, 64, 64), 2, (1, 1, 2, 1, 1), 16, 1, None, "digits_v3",
-     "V3 on sklearn digits (16 px, 8x8 tokens in stages 3-4)"),
-    ("sdt_v3_fmnist_t", "fashion-mnist", (24, 48, 96, 128), 4, (2, 1, 2, 1, 1), 28, 1, None, "fashion_mnist_v3",
-     "Fashion-MNIST in a 45-minute CPU budget (7x7 tokens in stages 3-4)"),
+    ("sdt_v3_digits_t", "digits", (8, 16, 32, 48), 2, (2, 1, 1, 1, 1), 16, 1, None, "digits_v3",
+     "V3 on sklearn digits (16 px, 8x8 tokens in every stage)"),
+    ("sdt_v3_fmnist_t", "fashion-mnist", (16, 32, 48, 64), 2, (2, 2, 1, 1, 1), 28, 1, None, "fashion_mnist_v3",
+     "Fashion-MNIST in a 45-minute CPU budget (14x14 tokens in ConvBlock1_1, 7x7 from there on)"),
     ("sdt_v3_cifar10_s", "cifar10", (32, 64, 128, 192), 8, (1, 2, 2, 1, 1), 32, 3, None, "cifar10_v3",
      "CIFAR-10 (8x8 tokens in stages 3-4)"),
 ]
