@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.events import count_frames, time_bin_bounds, validate_events
+from ..data.static import DatasetError
 
 __all__ = ["EventFramer", "as_event_dict"]
 
@@ -56,7 +57,10 @@ class EventFramer:
     def push(self, events) -> int:
         """Add events (timestamps non-decreasing, also across calls; coordinates on the sensor): returns how many
         bins are closed now (take them with :meth:`pop`)."""
-        ev = validate_events(as_event_dict(events), self.H, self.W, "event stream")
+        try:
+            ev = validate_events(as_event_dict(events), self.H, self.W, "event stream")
+        except DatasetError as e:  # the readers' check, raised as what it is here: a bad value, not a bad file
+            raise ValueError(str(e)) from None
         t = ev["t"]
         if t.dtype.kind == "f":
             if not (t == np.round(t)).all():
