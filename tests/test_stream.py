@@ -166,6 +166,21 @@ def test_framing_equals_the_dataset_readers_time_bins(chunk):
                                                  minlength=256).reshape(16, 16))
 
 
+def test_framing_equals_the_dataset_reader_on_a_file(tmp_path):
+    from spikedriven.cli.stream import read_events
+    from spikedriven.data.events import EventFrameDataset
+
+    ev = _recording(seed=3)
+    np.savez(tmp_path / "rec.npz", **ev)
+    ds = EventFrameDataset([tmp_path / "rec.npz"], [0], ["a"], 4, (16, 16), split_by="time")
+    ref = ds.frames(0).numpy()
+    width = (int(ev["t"][-1]) - int(ev["t"][0])) // 4
+    fr = EventFramer(16, 16, width)
+    fr.push(read_events(str(tmp_path / "rec.npz"), 16))  # what `spikedriven stream` feeds
+    got = np.concatenate([fr.pop()[0], fr.flush()[0]])
+    assert np.array_equal(got[:3], ref[:3]) and np.array_equal(got[3:].sum(0), ref[3])
+
+
 def test_feed_steps_once_per_closed_bin_and_equals_stepping_the_frames():
     model = _model("v1")
     ev = _recording()
