@@ -310,3 +310,5 @@ def test_cli_stream(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "outside the 16x16 sensor" in err and len(err.strip().splitlines()) == 1
     assert main(["stream", "--checkpoint", str(ck), "--events", str(tmp_path / "none.npz")]) == 2
+    assert main(["stream", "--checkpoint", str(ck), "--events", str(ev), "--bin-ms", "0.0001"]) == 2
+    assert "choose a wider bin" in capsys.readouterr().err

@@ -94,6 +94,10 @@ def run(args) -> int:
         width = max(int(round(args.bin_ms * 1000)), 1)
     else:
         width = max((int(t[-1]) - int(t[0])) // int(model.T), 1)
+    nbins = (int(t[-1]) - int(t[0])) // width + 1
+    if nbins > 20_000:  # a typo such as 0.001 for 1 would mean hours of steps
+        raise ValueError(f"--bin-ms {args.bin_ms:g} cuts this {(int(t[-1]) - int(t[0])) / 1e3:.0f} ms recording into "
+                         f"{nbins:,} bins (one network step each); choose a wider bin")
     runner = StreamRunner(model, engine=args.engine, bin_us=width, sensor=(side, side), threads=args.threads)
     runner.step(torch.zeros(1, 2, model.img_size, model.img_size))  # warm-up (kernel load), then forgotten
     runner.reset()
