@@ -50,7 +50,6 @@ def integrate_frames(events: dict, T: int, H: int, W: int, split_by: str = "numb
     if n and (x.min() < 0 or x.max() >= W or y.min() < 0 or y.max() >= H):
         raise ValueError(f"event coordinates outside the {W}x{H} sensor (x {x.min()}..{x.max()}, "
                          f"y {y.min()}..{y.max()})")
-    pol = (p != 0).astype(np.int64)
     if split_by == "number":
         step = n // T
         bounds = [i * step for i in range(T)] + [n]
@@ -59,18 +58,33 @@ def integrate_frames(events: dict, T: int, H: int, W: int, split_by: str = "numb
             bounds = [0] * (T + 1)
         else:
             t0, width = int(t[0]), max((int(t[-1]) - int(t[0])) // T, 1)
-            edges = [t0 + i * width for i in range(T)]
-            bounds = [int(np.searchsorted(t, e, side="left")) for e in edges] + [n]
+            bounds = time_bin_bounds(t, t0, width, T) + [n]
             bounds[0] = 0
     else:
         raise ValueError(f"split_by must be 'number' or 'time', got {split_by!r}")
-    frames = np.zeros((T, 2 * H * W), np.float32)
-    flat = pol * (H * W) + y * W + x
-    for i in range(T):
+    return count_frames(x, y, p, bounds, H, W)
+
+
+def time_bin_bounds(t: np.ndarray, t0: int, width: int, nbins: int) -> list[int]:
+    """Start index of each time bin ``[t0 + i*width, t0 + (i+1)*width)``, i < ``nbins``, in sorted timestamps ``t``.
+
+    The one definition of a time bin: :func:`integrate_frames` (``split_by="time"``) and the streaming framer
+    (:mod:`spikedriven.stream`) both cut with it."""
+    return [int(np.searchsorted(t, t0 + i * width, side="left")) for i in range(nbins)]
+
+
+def count_frames(x: np.ndarray, y: np.ndarray, p: np.ndarray, bounds, H: int, W: int) -> np.ndarray:
+    """Events ``[bounds[i], bounds[i+1])`` -> frame i: float32 ``[len(bounds) - 1, 2, H, W]`` of event counts,
+    channel 0 counting p == 0, channel 1 p != 0 (coordinates already checked to lie on the sensor)."""
+    nf = len(bounds) - 1
+    pol = (np.asarray(p) != 0).astype(np.int64)
+    frames = np.zeros((nf, 2 * H * W), np.float32)
+    flat = pol * (H * W) + np.asarray(y, np.int64) * W + np.asarray(x, np.int64)
+    for i in range(nf):
         a, b = bounds[i], bounds[i + 1]
         if b > a:
             frames[i] = np.bincount(flat[a:b], minlength=2 * H * W)
-    return frames.reshape(T, 2, H, W)
+    return frames.reshape(nf, 2, H, W)
 
 
 def validate_events(ev: dict, H: int, W: int, where: str = "events") -> dict:
