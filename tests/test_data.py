@@ -272,3 +272,18 @@ def test_cifar_malformed_batches(tmp_path, bad, msg):
     (d / "test_batch").write_bytes(b"\x80\x04not a pickle")
     with pytest.raises(DatasetError, match="cannot read CIFAR batch"):
         create_dataset("cifar10", str(tmp_path), "test")
+
+
+def test_polarity_minus_one_is_the_off_channel():
+    """Recordings code polarity as 0/1 or as -1/+1: OFF events (0 or -1) count in channel 0, ON (1) in channel 1."""
+    import numpy as np
+
+    from spikedriven.data.events import count_frames
+
+    x, y = np.array([0, 1, 1, 2]), np.array([0, 0, 1, 1])
+    for off in (0, -1):
+        p = np.array([1, off, off, 1])
+        f = count_frames(x, y, p, [0, 4], 2, 3)
+        assert f.shape == (1, 2, 2, 3)
+        assert f[0, 0].sum() == 2 and f[0, 1].sum() == 2
+        assert f[0, 0, 0, 1] == 1 and f[0, 0, 1, 1] == 1 and f[0, 1, 0, 0] == 1 and f[0, 1, 1, 2] == 1

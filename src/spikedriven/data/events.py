@@ -11,7 +11,8 @@ Formats read:
 
 Framing follows spikingjelly's ``split_by="number"`` rule used by the paper: frame i holds events
 ``[i*(N//T), (i+1)*(N//T))`` and the last frame ends at N (the remainder goes into the last frame, no event is
-dropped); channel 0 counts p == 0, channel 1 counts p != 0. Frames hold event counts (float32).
+dropped); channel 0 counts OFF events (p <= 0: 0 or -1), channel 1 ON events (p > 0). Frames hold event counts
+(float32).
 """
 from __future__ import annotations
 
@@ -75,9 +76,10 @@ def time_bin_bounds(t: np.ndarray, t0: int, width: int, nbins: int) -> list[int]
 
 def count_frames(x: np.ndarray, y: np.ndarray, p: np.ndarray, bounds, H: int, W: int) -> np.ndarray:
     """Events ``[bounds[i], bounds[i+1])`` -> frame i: float32 ``[len(bounds) - 1, 2, H, W]`` of event counts,
-    channel 0 counting p == 0, channel 1 p != 0 (coordinates already checked to lie on the sensor)."""
+    channel 0 counting OFF events (p <= 0, so both 0/1 and -1/+1 polarity codings work), channel 1 ON events (p > 0)
+    (coordinates already checked to lie on the sensor)."""
     nf = len(bounds) - 1
-    pol = (np.asarray(p) != 0).astype(np.int64)
+    pol = (np.asarray(p) > 0).astype(np.int64)
     frames = np.zeros((nf, 2 * H * W), np.float32)
     flat = pol * (H * W) + np.asarray(y, np.int64) * W + np.asarray(x, np.int64)
     for i in range(nf):
