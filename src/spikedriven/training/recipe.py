@@ -185,7 +185,8 @@ def allowed_text(key: str) -> str:
 SCHEMA: dict[str, tuple[Any, str, str, Any]] = {
     # ---- data
     "dataset": ("", "str", "dataset name (spikedriven.data: digits, fashion-mnist, cifar10, cifar100, imagenet, "
-                "gesture, cifar10-dvs, cifar10-dvs-tet, sim-fashion-mnist-dvs; official 'torch/cifar10' accepted)",
+                "gesture, cifar10-dvs, cifar10-dvs-tet, sim-fashion-mnist-dvs; imagefolder: your own images under "
+                "data_dir, D/train/<class>/*, D/val/<class>/*; official 'torch/cifar10' accepted)",
                 DATASET_NAME),
     "data_dir": ("", "str", "dataset root (empty: the data module's default location)", None),
     "train_split": ("train", "str", "training split", one_of("train", "training")),
