@@ -78,6 +78,10 @@ def test_the_folder_decides_classes_channels_size_and_statistics(tmp_path):
     g = resolve_recipe({"dataset": "imagefolder", "data_dir": str(grey), "dim": 16})
     assert (g["in_channels"], g["img_size"]) == (1, 12)
     assert np.allclose(g["mean"], pixel_stats(grey, grey=True)[0], atol=1e-4)
+    # a recipe written for another dataset (CIFAR-10: 10 classes, its mean/std) switched to the folder
+    c = resolve_recipe("cifar10_2_256", {"dataset": "imagefolder", "data_dir": str(grey)}, warn=False)
+    assert (c["num_classes"], c["in_channels"], c["img_size"]) == (3, 1, 32)
+    assert np.allclose(c["std"], pixel_stats(grey, grey=True)[1], atol=1e-4)
 
 
 def test_inspect_folder_size_is_the_median_shorter_side_and_val_may_be_test(tmp_path):

@@ -171,7 +171,8 @@ def allowed_text(key: str) -> str:
     rule = SCHEMA[key][3]
     typ = SCHEMA[key][1]
     kind = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-            "floats": "a list of numbers", "ints": "a list of integers", "strs": "a list of names"}[typ.replace("opt_", "")]
+            "floats": "a list of numbers", "ints": "a list of integers",
+            "strs": "a list of names"}[typ.replace("opt_", "")]
     text = (rule.text_fn() if hasattr(rule, "text_fn") else rule.text) if rule is not None else kind
     if typ.replace("opt_", "") == "int":
         text = text.replace("a number", "an integer")
@@ -619,7 +620,7 @@ def resolve_recipe(config: str | os.PathLike | dict | None = None, overrides: di
     r = Recipe(values, explicit=explicit, warnings_=msgs, source=source)
     r["dataset"] = canonical_name(r["dataset"]) if r["dataset"] else ""
     if fill_dataset and r["dataset"]:
-        _fill_from_dataset(r)
+        _fill_from_dataset(r, given)
     refuse_unusable(r, given)
     if warn:
         for m in msgs:
@@ -627,14 +628,14 @@ def resolve_recipe(config: str | os.PathLike | dict | None = None, overrides: di
     return r
 
 
-def _fill_from_dataset(r: Recipe) -> None:
+def _fill_from_dataset(r: Recipe, given=()) -> None:
     """Unset ``num_classes``, ``in_channels``, ``img_size``, ``mean``, ``std``: from the registered model the recipe
     names (its input size, channels and classes), else from the dataset's ``DATASET_INFO`` entry."""
     info = DATASET_INFO.get(r["dataset"])
     if info is None:
         raise KeyError(f"unknown dataset {r['dataset']!r}; known: {', '.join(sorted(DATASET_INFO))}")
     if info.get("folder"):
-        fill_from_folder(r)
+        fill_from_folder(r, given)
     model_kw = {}
     if r.get("model") not in (None, "", "sdt"):
         from ..models.registry import is_registered, model_info

@@ -99,17 +99,24 @@ def refuse_unusable(r, given) -> None:
 
 
 # ------------------------------------------------------------------------------------------- image folders
-def fill_from_folder(r) -> None:
+def fill_from_folder(r, given=()) -> None:
     """Unset data keys of an ``imagefolder`` recipe from the folder (``--data-dir``): ``class_names`` and
     ``num_classes`` from the training sub-folders (the model's head takes them), ``in_channels`` from the images
     (the model takes them), ``img_size`` from the model the recipe names, else the images, and ``mean``/``std``
-    computed from the training images. A note saying what was read goes to ``r["_data_note"]``."""
+    computed from the training images. A note saying what was read goes to ``r["_data_note"]``. When the dataset
+    was switched to the folder by ``given`` keys (``-c cifar10_2_256 --dataset imagefolder``), what the recipe file
+    said about its own dataset (classes, channels, statistics) is dropped first."""
     from ..data.folder import LAYOUT, folder_classes, folder_label, head_refusal, inspect_folder
 
     root = r.get("data_dir")
     if not root:
         raise ValueError(f"--dataset imagefolder needs --data-dir FOLDER laid out as {LAYOUT}")
     keys = ("class_names", "num_classes", "in_channels", "img_size", "mean", "std")
+    if "dataset" in given:
+        for k in ("class_names", "num_classes", "in_channels", "mean", "std"):
+            if k not in given:
+                r[k] = None
+                r.explicit.discard(k)
     if all(r.get(k) is not None for k in keys):
         return  # a run's stored recipe: the folder is checked against class_names when it is read
     stats = any(r.get(k) is None for k in ("in_channels", "img_size", "mean", "std"))
