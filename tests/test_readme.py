@@ -121,6 +121,7 @@ def test_a_wrong_flag_is_reported_by_the_subcommand():
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow  # 20 epochs with checkpoints, curve and TensorBoard each epoch; test_own_data.py covers the flow fast
 def test_own_images_section_runs_as_written(tmp_path, monkeypatch, capsys):
     """"Train on your own images": the folder it shows is made here (two classes of tiny PNGs, one colour each),
     then its commands run as written, in that folder's parent."""
