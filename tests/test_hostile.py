@@ -295,7 +295,7 @@ def test_bad_recipe_values_are_refused_where_they_enter(tmp_path, capsys, args, 
 def test_every_recipe_key_has_a_type_and_allowed_values():
     free = {"data_dir", "initial_checkpoint", "resume", "kd_teacher_checkpoint"}  # paths, checked when opened
     for key, (default, typ, help_, allowed) in SCHEMA.items():
-        assert typ.replace("opt_", "") in ("int", "float", "str", "bool", "floats", "ints"), key
+        assert typ.replace("opt_", "") in ("int", "float", "str", "bool", "floats", "ints", "strs"), key
         if typ.replace("opt_", "") != "bool" and key not in free:
             assert allowed is not None, f"{key} has no range or choices"
         assert help_, key

@@ -62,6 +62,7 @@ def test_python_blocks_run_as_written(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "spike-driven: YES" in r.stdout and "torch.Size([2, 10])" in r.stdout
+    assert "(4, 2, 128, 128) 500 0" in r.stdout  # "Your own event data": written, read back as 4 frames
 
 
 @pytest.mark.parametrize("doc", sorted(DOCS))
@@ -118,3 +119,35 @@ def test_a_wrong_flag_is_reported_by_the_subcommand():
                        text=True, timeout=120)
     assert r.returncode == 2 and "spikedriven eval" in r.stderr and "--dataset" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow  # 20 epochs with checkpoints, curve and TensorBoard each epoch; test_own_data.py covers the flow fast
+def test_own_images_section_runs_as_written(tmp_path, monkeypatch, capsys):
+    """"Train on your own images": the folder it shows is made here (two classes of tiny PNGs, one colour each),
+    then its commands run as written, in that folder's parent."""
+    import numpy as np
+    from PIL import Image
+
+    from spikedriven.cli import main
+
+    section = README.split("## Train on your own images", 1)[1].split("\n## ", 1)[0]
+    block = next(body for lang, body in fenced_blocks(section) if lang == "bash")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 20), ("val", 4)):
+        for ci, c in enumerate(("cat", "dog")):
+            d = tmp_path / "my_images" / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                a = rng.integers(0, 40, (16, 16, 3)).astype(np.uint8)
+                a[..., ci] += 200
+                Image.fromarray(a).save(d / f"{i:03d}.png")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SPIKEDRIVEN_LIF_BACKEND", "torch")
+    outs = []
+    for line in block.strip().splitlines():
+        assert main(shlex.split(line)[1:]) == 0, line
+        outs.append(capsys.readouterr().out)
+    train_out, eval_out, infer_out = outs
+    assert "data my_images: 2 classes (cat, dog)" in train_out and "computed from 40 of 40 training images" in train_out
+    assert eval_out.startswith("my_images test: top-1") and "(8 samples" in eval_out
+    assert "4 image(s)" in infer_out and "predictions:" in infer_out

@@ -309,27 +309,35 @@ def load_state_into_model(model: nn.Module, sd: dict, strict: bool = True, sourc
     :func:`check_state_values`); nothing is loaded when any check fails."""
     missing, unexpected, shapes = _mismatch_report(model, sd)
     if shapes or (strict and (missing or unexpected)):
-        lines = [f"checkpoint {source} does not match the model:"]
-        if missing:
-            lines.append(f"  missing keys ({len(missing)}): {missing[:20]}{' ...' if len(missing) > 20 else ''}")
-        if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): {unexpected[:20]}"
-                         f"{' ...' if len(unexpected) > 20 else ''}")
-        for k, got, want in shapes[:20]:
-            lines.append(f"  shape mismatch {k}: checkpoint {got} vs model {want}")
-        hint = _config_hint(sd)
-        if hint:
-            lines.append(f"  the checkpoint looks like: {hint}")
-        if missing and not shapes:
-            lines.append("  to load only the matching keys, ask for partial loading explicitly "
-                         "(spikedriven train --init-from FILE --partial)")
-        raise CheckpointError("\n".join(lines))
+        raise CheckpointError(_mismatch_message(source, missing, unexpected, shapes, sd))
     if not strict and not (set(sd) & set(model.state_dict())):
         raise CheckpointError(f"checkpoint {source} shares no key with the model (partial loading would load "
                               f"nothing)")
     check_state_values(model, sd, source)
     model.load_state_dict(sd, strict=strict)
     return {"missing": missing, "unexpected": unexpected, "shape_mismatch": shapes}
+
+
+def _mismatch_message(source: str, missing: list, unexpected: list, shapes: list, sd: dict) -> str:
+    """One short line: how many keys are missing, unexpected and mismatched, the first three of each named, what
+    the file looks like, and what to do."""
+    def first(names):
+        return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys ({first(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys ({first(unexpected)})")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatch{'es' if len(shapes) > 1 else ''} ("
+                     + first([f"{k}: checkpoint {got} vs model {want}" for k, got, want in shapes]) + ")")
+    hint = _config_hint(sd)
+    todo = "build the model the checkpoint was written for (--model NAME or --config YAML matching it)"
+    if not shapes:  # partial loading cannot take a tensor of another shape
+        todo += ", or load only the keys both have: spikedriven train --init-from FILE --partial"
+    return (f"checkpoint {source} does not match the model: {'; '.join(parts)}"
+            + (f"; the checkpoint looks like: {hint}" if hint else "") + f"; {todo}")
 
 
 def _config_hint(sd: dict) -> str:

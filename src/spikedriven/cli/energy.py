@@ -52,7 +52,7 @@ def _batches(args, model, meta, size):
     r, src = recipe_for_model(model, meta, args.config)
     if r is None:
         raise ValueError(f"--data {args.data}: {src}")
-    r = with_dataset(r, canonical_name(args.data), args.data_root)
+    r = with_dataset(r, canonical_name(args.data), args.data_root, head=model.num_classes)
     if args.img_size:
         r["img_size"] = args.img_size
     x, _, desc = dataset_inputs(r, n, args.seed)

@@ -57,7 +57,8 @@ def load_data(args, model, meta):
     if canonical_name(d) in DATASET_INFO and not Path(d).exists():
         if r is None:
             raise ValueError(f"--data {d}: {src}")
-        x, y, desc = dataset_inputs(with_dataset(r, canonical_name(d), args.data_dir), args.limit or None, args.seed)
+        x, y, desc = dataset_inputs(with_dataset(r, canonical_name(d), args.data_dir, head=model.num_classes),
+                                   args.limit or None, args.seed)
         return x, y, f"{desc}, prepared by {src}"
     paths = path_inputs(d)
     if r is None:

@@ -150,9 +150,9 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
         elif t == "bool":
             g.add_argument(*names, dest=f"r_{key}", action=argparse.BooleanOptionalAction, default=None,
                            help=help_ + shown)
-        elif t in ("floats", "ints"):
-            g.add_argument(*names, dest=f"r_{key}", type=float if t == "floats" else int, nargs="+", default=None,
-                           help=help_ + shown, metavar="X" if t == "floats" else "N")
+        elif t in ("floats", "ints", "strs"):
+            g.add_argument(*names, dest=f"r_{key}", type={"floats": float, "ints": int, "strs": str}[t], nargs="+",
+                           default=None, help=help_ + shown, metavar={"floats": "X", "ints": "N", "strs": "NAME"}[t])
         else:
             conv = {"int": int, "float": float, "str": str}.get(t, str)
             g.add_argument(*names, dest=f"r_{key}", type=conv, default=None, help=help_ + shown,

@@ -3,6 +3,7 @@
     info.py      DATASET_INFO: classes, channels, size, mean/std, event or not (no file access, light)
     factory.py   create_dataset(name, root, split, T=...)
     static.py    Fashion-MNIST (IDX), CIFAR-10/100 (python pickles, restricted unpickler), digits, ImageFolder
+    folder.py    your own images (D/train/<class>/*, D/val/<class>/*): classes, channels, size, mean/std read
     events.py    DVS128 Gesture, CIFAR10-DVS (npz / npy / aedat4), framing into T frames, on-disk frame cache
     simulate.py  SIMULATED event streams from static images (N-MNIST-style saccades)
     samples.py   sample batches for a model outside training (energy, pictures, checks)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .events import EventFrameDataset, TETFolderDataset, cifar10_dvs, gesture
+from .folder import LAYOUT, FolderImages
 from .info import DATASET_INFO, canonical_name
 from .simulate import write_simulated_dataset
 from .static import cifar, digits, fashion_mnist, image_folder
@@ -45,6 +46,10 @@ def create_dataset(name: str, root: str | None = None, split: str = "train", *, 
         return cifar(name, root, split, transform)
     if name == "imagenet":
         return image_folder(root, split, transform)
+    if name == "imagefolder":
+        if not root:
+            raise ValueError(f"--dataset imagefolder needs --data-dir: a folder laid out as {LAYOUT}")
+        return FolderImages(root, split, kwargs.get("classes"), transform)
     if name == "gesture":
         return gesture(root, split, T, transform=transform, **kwargs)
     if name == "cifar10-dvs":

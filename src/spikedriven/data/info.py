@@ -5,7 +5,8 @@ from it, inference normalises with it). Light on purpose: no torch, numpy or PIL
 """
 from __future__ import annotations
 
-__all__ = ["DATASET_INFO", "DATASET_ALIASES", "canonical_name", "dataset_normalisation", "is_event", "uses_erode"]
+__all__ = ["DATASET_INFO", "DATASET_ALIASES", "canonical_name", "dataset_normalisation", "is_event", "uses_erode",
+           "is_folder", "is_embedded"]
 
 DATASET_INFO: dict[str, dict] = {
     "imagenet": dict(num_classes=1000, in_channels=3, img_size=224, mean=(0.485, 0.456, 0.406),
@@ -17,7 +18,10 @@ DATASET_INFO: dict[str, dict] = {
     # mean/std of the 60k training images (uint8 / 255)
     "fashion-mnist": dict(num_classes=10, in_channels=1, img_size=28, mean=(0.2860,), std=(0.3530,), is_event=False),
     # mean/std of the 8x8 digits scaled to 0..255 then /255 (all 1797 images)
-    "digits": dict(num_classes=10, in_channels=1, img_size=8, mean=(0.3050,), std=(0.3800,), is_event=False),
+    "digits": dict(num_classes=10, in_channels=1, img_size=8, mean=(0.3050,), std=(0.3800,), is_event=False,
+                   embedded=True),
+    # your own images (data/folder.py): classes, channels, size and mean/std are read from the folder
+    "imagefolder": dict(is_event=False, folder=True),
     "gesture": dict(num_classes=11, in_channels=2, img_size=128, is_event=True),
     "cifar10-dvs": dict(num_classes=10, in_channels=2, img_size=64, is_event=True, erode=True),
     "cifar10-dvs-tet": dict(num_classes=10, in_channels=2, img_size=64, is_event=True, erode=True),
@@ -30,6 +34,7 @@ DATASET_ALIASES = {
     "torch/fashion_mnist": "fashion-mnist", "torch/fashionmnist": "fashion-mnist", "fashion_mnist": "fashion-mnist",
     "fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist", "dvs128-gesture": "gesture",
     "dvsgesture": "gesture", "dvs-gesture": "gesture", "imagenet1k": "imagenet", "torch/imagenet": "imagenet",
+    "image-folder": "imagefolder", "image_folder": "imagefolder", "folder": "imagefolder",
 }
 
 
@@ -53,3 +58,13 @@ def is_event(name: str) -> bool:
 def uses_erode(name: str) -> bool:
     """The official code switches on its DVS "Erode" (``dvs_mode``) for these datasets (CIFAR10-DVS)."""
     return bool(DATASET_INFO.get(canonical_name(name), {}).get("erode"))
+
+
+def is_folder(name: str) -> bool:
+    """True for ``imagefolder``: everything about the data is read from the user's folder (``--data-dir``)."""
+    return bool(DATASET_INFO.get(canonical_name(name), {}).get("folder"))
+
+
+def is_embedded(name: str) -> bool:
+    """True for data shipped inside a package (digits): there is no folder to point at."""
+    return bool(DATASET_INFO.get(canonical_name(name), {}).get("embedded"))

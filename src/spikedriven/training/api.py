@@ -75,7 +75,10 @@ def train(config: str | os.PathLike | dict | None = None, datasets: dict | None 
     r = _recipe_for(config, overrides)
     trainer = Trainer(r, datasets=datasets, print_fn=print_fn)
     try:
+        _advise_start(trainer)
         result = trainer.fit()
+        if trainer.env.is_main and not result.get("stopped"):
+            _advise_end(trainer, result)
         do_summary = r.get("summary") if summary is None else summary
         if trainer.env.is_main and do_summary and not result.get("stopped"):
             try:
@@ -89,6 +92,33 @@ def train(config: str | os.PathLike | dict | None = None, datasets: dict | None 
         trainer.close()
         if trainer.env.distributed:
             cleanup(trainer.env)
+
+
+def _advise_start(trainer) -> None:
+    """What the data folder said (imagefolder), and a schedule that is mostly warm-up, before the first step."""
+    from .advice import warmup_warning
+
+    if trainer.r.get("_data_note"):
+        trainer.log(trainer.r["_data_note"])
+    msg = warmup_warning(trainer.r, trainer.num_epochs)
+    if msg and not (trainer.epoch or trainer.global_step):  # a resumed run was warned when it started
+        trainer.warnings.append(msg)
+        trainer.log(f"warning: {msg}")
+
+
+def _advise_end(trainer, result: dict) -> None:
+    """A trained model whose neurons are all silent (it learnt nothing): one warning line."""
+    from .advice import silence_warning
+
+    try:
+        x = next(iter(trainer.loaders["test"]))[0].to(trainer.device).float()
+        model = trainer.ema.module if trainer.ema is not None else trainer.model
+        msg = silence_warning(model, [x], trainer.r)
+    except Exception:  # noqa: BLE001 - advice must never fail a finished run
+        return
+    if msg:
+        result.setdefault("warnings", []).append(msg)
+        trainer._print(f"warning: {msg}")
 
 
 # ------------------------------------------------------------------------------------------- eval
@@ -123,7 +153,7 @@ def evaluate_checkpoint(checkpoint: str | None = None, model_name: str | None = 
             raise ValueError(f"eval: {src}")
         if ov:
             r = resolve_recipe(r.resolved_dict(), ov, warn=False).adopt_model(model)
-    r = with_dataset(r, canonical_name(dataset) if dataset else None, data_dir)
+    r = with_dataset(r, canonical_name(dataset) if dataset else None, data_dir, head=model.num_classes)
     from .recipe import check_value
 
     r["val_batch_size"], r["workers"] = check_value("val_batch_size", batch_size), check_value("workers", workers)
@@ -139,5 +169,5 @@ def evaluate_checkpoint(checkpoint: str | None = None, model_name: str | None = 
     t0 = time.time()
     res = evaluate(model, loader, env.device, env, ctx, progress=progress and env.is_main)
     res["time_s"] = time.time() - t0
-    res["dataset"] = r.dataset_name
+    res["dataset"] = r.data_label
     return res

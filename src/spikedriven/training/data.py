@@ -263,6 +263,8 @@ def build_datasets(r, splits=("train", "test")) -> dict[str, SeededDataset]:
     out = {}
     root = r.get("data_dir") or None
     kw: dict[str, Any] = {"T": int(r["time_steps"])} if is_event else {}
+    if DATASET_INFO[name].get("folder"):
+        kw["classes"] = r.get("class_names")  # labels index the classes the recipe (a trained model) has
     for split in splits:
         base = create_dataset(name, root=root, split=split, **kw)
         if split == "train":

@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.info import DATASET_INFO
 from .recipe import Recipe, recipe_of_run, resolve_recipe
+from .recipe_checks import refuse_unusable
 
 __all__ = ["recipe_for_model", "with_dataset", "dataset_inputs", "image_inputs", "event_inputs", "random_inputs",
            "path_inputs"]
@@ -47,9 +49,11 @@ def recipe_for_model(model, meta: dict | None = None, config: str | os.PathLike 
     return r.adopt_model(model), src
 
 
-def with_dataset(r: Recipe, dataset: str | None = None, data_dir: str | None = None) -> Recipe:
+def with_dataset(r: Recipe, dataset: str | None = None, data_dir: str | None = None,
+                 head: int | None = None) -> Recipe:
     """``r`` with another dataset (its classes, channels and statistics; the model's size, T and the transform
-    settings kept), as ``spikedriven eval --data`` does."""
+    settings kept), as ``spikedriven eval --data`` does. ``head``: the model's number of outputs, checked against
+    the classes of an image folder."""
     if dataset is None or r.dataset_name == dataset:
         out = Recipe(dict(r), explicit=r.explicit, source=r.source)
     else:
@@ -60,6 +64,13 @@ def with_dataset(r: Recipe, dataset: str | None = None, data_dir: str | None = N
             out[k] = r[k]
     if data_dir:
         out["data_dir"] = data_dir
+        refuse_unusable(out, {"data_dir"})
+    if head is not None and out.get("class_names") and DATASET_INFO.get(out.dataset_name, {}).get("folder"):
+        from ..data.folder import head_refusal
+
+        why = head_refusal(int(head), list(out["class_names"]), out.get("data_dir"))
+        if why:
+            raise ValueError(why)
     out["max_eval_samples"] = None  # the whole split: callers choose their own subset
     return out
 
@@ -84,7 +95,7 @@ def dataset_inputs(r: Recipe, limit: int | None = None, seed: int = 0, split: st
         raise ValueError(f"{r.dataset_name} {split}: no samples")
     xs, ys = zip(*(ds[int(i)] for i in ids))
     x = torch.stack([torch.as_tensor(np.asarray(v), dtype=torch.float32) for v in xs])
-    return x, torch.as_tensor(ys, dtype=torch.int64), f"{r.dataset_name} {split} ({n} of {len(ds)} samples)"
+    return x, torch.as_tensor(ys, dtype=torch.int64), f"{r.data_label} {split} ({n} of {len(ds)} samples)"
 
 
 def image_inputs(r: Recipe, paths) -> tuple[torch.Tensor, str]:

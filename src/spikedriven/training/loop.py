@@ -317,7 +317,7 @@ class Trainer:
             return
         msg = None
         if self.env.is_main:
-            default = f"{r.dataset_name or 'data'}-{self.model.model_name}-t{self.model.T}"
+            default = f"{r.data_label or 'data'}-{self.model.model_name}-t{self.model.T}"
             try:
                 here = resume_path.parent if resume_path is not None else getattr(self, "_restart_dir", None)
                 d, self._lock, removed = open_run_dir(r.get("output") or "runs", r.get("experiment") or "", default,
@@ -511,7 +511,7 @@ class Trainer:
         r, ds = self.r, self.loaders["train"].dataset
         n_params = sum(p.numel() for p in self.model.parameters())
         arch = self.model.arch_summary() if hasattr(self.model, "arch_summary") else ""
-        return (f"model {self.model.model_name} ({arch}), {n_params:,} parameters; data {r.dataset_name}: {len(ds)} "
+        return (f"model {self.model.model_name} ({arch}), {n_params:,} parameters; data {r.data_label}: {len(ds)} "
                 f"train / {len(self.loaders['test'].dataset)} test samples; {self.env.world} process(es) on "
                 f"{self.device}, {torch.get_num_threads()} thread(s); {self.steps_per_epoch} steps/epoch x "
                 f"{self.num_epochs} epochs; opt {r['opt']} lr {r['lr']:g} sched {r['sched']}"
@@ -596,7 +596,7 @@ class Trainer:
                      f"and --resume {self.run_dir}")
 
     def _title(self) -> str:
-        return f"{self.r.dataset_name}: {self.model.model_name} T={self.model.T}"
+        return f"{self.r.data_label}: {self.model.model_name} T={self.model.T}"
 
     def _evaluate_epoch(self) -> dict:
         res = evaluate(self.model, self.loaders["test"], self.device, self.env, self.amp_ctx,

@@ -26,6 +26,7 @@ import yaml
 
 from ..config.official import ConfigWarning, load_yaml, official_noop_warnings
 from ..data.info import DATASET_ALIASES, DATASET_INFO, canonical_name, is_event
+from .recipe_checks import did_you_mean, fill_from_folder, refuse_unusable
 
 __all__ = ["Recipe", "SCHEMA", "Allowed", "check_value", "allowed_text", "ALIASES", "MODEL_KEYS", "DEFAULT_CONFIG",
            "recipe_of_run", "resolve_recipe", "find_config", "list_configs", "DATASET_ALIASES", "CONFIG_DIR"]
@@ -73,7 +74,9 @@ def rng(lo=None, hi=None, lo_open: bool = False, hi_open: bool = False, text: st
 
 def one_of(*choices: str) -> Allowed:
     shown = ", ".join(repr(c) if c == "" else c for c in choices)
-    return Allowed(lambda v: v in choices, f"one of {shown}")
+    a = Allowed(lambda v: v in choices, f"one of {shown}")
+    a.names = lambda: [c for c in choices if c]
+    return a
 
 
 def lazy_one_of(load, what: str) -> Allowed:
@@ -90,6 +93,7 @@ def lazy_one_of(load, what: str) -> Allowed:
 
     a = Allowed(ok, what)
     a.text_fn = text
+    a.names = lambda: sorted(n for n in (load() or []) if n)
     return a
 
 
@@ -167,7 +171,8 @@ def allowed_text(key: str) -> str:
     rule = SCHEMA[key][3]
     typ = SCHEMA[key][1]
     kind = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-            "floats": "a list of numbers", "ints": "a list of integers"}[typ.replace("opt_", "")]
+            "floats": "a list of numbers", "ints": "a list of integers",
+            "strs": "a list of names"}[typ.replace("opt_", "")]
     text = (rule.text_fn() if hasattr(rule, "text_fn") else rule.text) if rule is not None else kind
     if typ.replace("opt_", "") == "int":
         text = text.replace("a number", "an integer")
@@ -181,7 +186,8 @@ def allowed_text(key: str) -> str:
 SCHEMA: dict[str, tuple[Any, str, str, Any]] = {
     # ---- data
     "dataset": ("", "str", "dataset name (spikedriven.data: digits, fashion-mnist, cifar10, cifar100, imagenet, "
-                "gesture, cifar10-dvs, cifar10-dvs-tet, sim-fashion-mnist-dvs; official 'torch/cifar10' accepted)",
+                "gesture, cifar10-dvs, cifar10-dvs-tet, sim-fashion-mnist-dvs; imagefolder: your own images under "
+                "data_dir, D/train/<class>/*, D/val/<class>/*; official 'torch/cifar10' accepted)",
                 DATASET_NAME),
     "data_dir": ("", "str", "dataset root (empty: the data module's default location)", None),
     "train_split": ("train", "str", "training split", one_of("train", "training")),
@@ -192,6 +198,9 @@ SCHEMA: dict[str, tuple[Any, str, str, Any]] = {
     "num_classes": (None, "opt_int", "classes (default: the dataset's)", rng(1, 1_000_000)),
     "mean": (None, "opt_floats", "normalisation mean (default: the dataset's)", each(rng())),
     "std": (None, "opt_floats", "normalisation std (default: the dataset's)", each(rng(0, None, lo_open=True))),
+    "class_names": (None, "opt_strs", "class names, label i = name i (default: imagefolder's training "
+                    "sub-folders; a run stores them and refuses a folder with other classes)",
+                    Allowed(lambda v: len(v) > 0 and all(str(n).strip() for n in v), "a list of non-empty names")),
     "crop_pct": (None, "opt_float", "eval Resize(img/crop_pct) then CenterCrop(img) (default 1.0 for small "
                  "images, 0.875 timm default otherwise)", rng(0, 1, lo_open=True)),
     "interpolation": ("", "str", "eval interpolation (bicubic, bilinear, ...; empty = bilinear)", one_of("", *_INTERP)),
@@ -399,6 +408,15 @@ class Recipe(dict):
     def dataset_name(self) -> str:
         return canonical_name(self["dataset"])
 
+    @property
+    def data_label(self) -> str:
+        """How the data is named in messages: the dataset, or for your own images the folder's name."""
+        if DATASET_INFO.get(self.dataset_name, {}).get("folder"):
+            from ..data.folder import folder_label
+
+            return folder_label(self.get("data_dir"))
+        return self.dataset_name
+
     def resolved_dict(self, drop=()) -> dict:
         """The recipe's values as a plain dict that ``resolve_recipe`` reads back unchanged and without the
         official no-op warnings (private ``_`` keys and ``drop`` left out, marked ``spikedriven_resolved``).
@@ -448,7 +466,17 @@ def find_config(name_or_path: str | os.PathLike) -> Path:
 
 def _bad(key: str, value: Any, why: str = "") -> ValueError:
     opt = f" (--{key.replace('_', '-')})" if key in SCHEMA else ""
-    return ValueError(f"recipe key {key!r}{opt}: {value!r} is not allowed{why}; it must be {allowed_text(key)}")
+    rule = SCHEMA[key][3] if key in SCHEMA else None
+    close = ""
+    if isinstance(value, str) and rule is not None and getattr(rule, "names", None):  # a typo of a name
+        close = did_you_mean(value, rule.names() or ())
+    return ValueError(f"recipe key {key!r}{opt}: {value!r} is not allowed{why}; it must be {allowed_text(key)}"
+                      f"{close}")
+
+
+def _known_keys(official: bool = True) -> set:
+    keys = set(SCHEMA) | set(ALIASES)
+    return keys | set(UNSUPPORTED) | IGNORED_QUIETLY | _OFFICIAL_EXTRA_DESTS if official else keys
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -516,6 +544,11 @@ def _coerce(key: str, value: Any) -> Any:
         if not isinstance(items, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, int) for v in items):
             raise _bad(key, value)
         value = [int(v) for v in items]
+    elif t == "strs":
+        if not isinstance(value, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, (str, int))
+                                                       for v in value):
+            raise _bad(key, value)
+        value = [str(v) for v in value]
     elif t == "str":
         if isinstance(value, os.PathLike):
             value = os.fspath(value)
@@ -564,13 +597,20 @@ def resolve_recipe(config: str | os.PathLike | dict | None = None, overrides: di
             if v not in (None, False, 0, 0.0, "", [], "none"):
                 msgs.append(f"key {k!r}={v!r} is not supported here: {UNSUPPORTED[k]}")
         elif k not in IGNORED_QUIETLY and k not in _OFFICIAL_EXTRA_DESTS:
-            msgs.append(f"unknown key {k!r} ignored (not an official train.py option nor a spikedriven one)")
+            if isinstance(config, dict):  # training args stored in a checkpoint: not the user's file
+                msgs.append(f"unknown key {k!r} ignored (not an official train.py option nor a spikedriven one)")
+                continue
+            raise ValueError(f"{source}: unknown key {k!r}{did_you_mean(k, _known_keys())} (neither an official "
+                             f"train.py option nor a spikedriven one; `spikedriven train --help` lists them)")
+    given = set()
     for k, v in (overrides or {}).items():
         k = ALIASES.get(k, k)
         if k not in SCHEMA:
-            raise KeyError(f"unknown recipe key {k!r}; valid keys: {', '.join(sorted(SCHEMA))}")
+            raise KeyError(f"unknown recipe key {k!r}{did_you_mean(k, _known_keys(official=False))} "
+                           f"(`spikedriven train --help` lists them)")
         values[k] = _coerce(k, v)
         explicit.add(k)
+        given.add(k)
     if values.get("recovery_interval") and not values.get("checkpoint_every"):
         values["checkpoint_every"] = values["recovery_interval"]
     if values.get("drop"):
@@ -580,19 +620,22 @@ def resolve_recipe(config: str | os.PathLike | dict | None = None, overrides: di
     r = Recipe(values, explicit=explicit, warnings_=msgs, source=source)
     r["dataset"] = canonical_name(r["dataset"]) if r["dataset"] else ""
     if fill_dataset and r["dataset"]:
-        _fill_from_dataset(r)
+        _fill_from_dataset(r, given)
+    refuse_unusable(r, given)
     if warn:
         for m in msgs:
             warnings.warn(f"{source or 'recipe'}: {m}", ConfigWarning, stacklevel=2)
     return r
 
 
-def _fill_from_dataset(r: Recipe) -> None:
+def _fill_from_dataset(r: Recipe, given=()) -> None:
     """Unset ``num_classes``, ``in_channels``, ``img_size``, ``mean``, ``std``: from the registered model the recipe
     names (its input size, channels and classes), else from the dataset's ``DATASET_INFO`` entry."""
     info = DATASET_INFO.get(r["dataset"])
     if info is None:
         raise KeyError(f"unknown dataset {r['dataset']!r}; known: {', '.join(sorted(DATASET_INFO))}")
+    if info.get("folder"):
+        fill_from_folder(r, given)
     model_kw = {}
     if r.get("model") not in (None, "", "sdt"):
         from ..models.registry import is_registered, model_info
