@@ -687,6 +687,28 @@ def test_resume_from_a_checkpoint_that_is_not_last_pt_never_writes_in_its_folder
         new = _new_run_folders(out, existing)
         assert len(new) == 1 and (new[0] / "last.pt").is_file(), (name, stdout)
         assert "new run folder" in stdout
+    existing = {p.name for p in out.iterdir()}
+    rc, _, err = cli(capsys, *_untitled(out, "--init-from", u / "best.pt", "--epochs", "1"))
+    assert rc == 0, err
+    assert _tree(u) == before and len(_new_run_folders(out, existing)) == 1
+
+
+def test_run_folders_of_earlier_versions_are_still_run_folders(tmp_path, finished_run):
+    """A run folder without the marker (written before it existed) is recognised by the trainer's config.yaml
+    header; a folder whose config.yaml is a user's is not."""
+    import shutil
+
+    from spikedriven.training.report import MARKER, RunFolderError, is_run_folder, resume_source
+
+    old = tmp_path / "old"
+    shutil.copytree(finished_run, old)
+    (old / MARKER).unlink()
+    assert is_run_folder(old) and resume_source(old) == (old / "last.pt", old)
+    (old / "config.yaml").write_text("lr: 0.1\n")
+    assert not is_run_folder(old)
+    with pytest.raises(RunFolderError, match="not a run folder"):
+        resume_source(old)
+    assert resume_source(old / "last.pt") == (old / "last.pt", None)  # a checkpoint file: a new run folder
 
 
 def test_resume_from_a_file_in_a_users_folder_makes_no_run_folder_there(tmp_path, capsys, finished_run):
