@@ -846,3 +846,16 @@ def test_stale_temp_cleanup_removes_only_the_tools_own_names(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(users)
     atomic_write_text(tmp_path / "out.txt", "x")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(users + ["out.txt"])
+
+
+def test_simulated_events_never_replace_a_folder_of_recordings(tmp_path):
+    from spikedriven.data import write_simulated_dataset
+
+    mine = tmp_path / "events_np" / "train" / "0"
+    mine.mkdir(parents=True)
+    (mine / "0.npz").write_bytes(b"a real recording")
+    img = np.zeros((2, 28, 28), np.uint8)
+    with pytest.raises(FileExistsError, match="not a simulated dataset written by spikedriven"):
+        write_simulated_dataset(img, np.array([1, 2]), tmp_path, "train")
+    assert (mine / "0.npz").read_bytes() == b"a real recording"
+    assert sorted(p.name for p in (tmp_path / "events_np").iterdir()) == ["train"]  # no staging folder left
