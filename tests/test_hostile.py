@@ -627,15 +627,17 @@ def test_kill_during_a_checkpoint_write(tmp_path, capsys, reference_run, name, n
     proc.communicate(timeout=600)
     assert proc.returncode == -signal.SIGKILL, f"the write {name}#{nth} never happened"
     folder = out / "ref"
-    assert [p for p in folder.iterdir() if p.name.endswith(".tmp")], "the kill left no temporary file"
+    assert [p for p in folder.iterdir() if p.name.startswith(".spikedriven-") and p.name.endswith(".tmp")], \
+        "the kill left no temporary file"
     last = load(folder / "last.pt") if (folder / "last.pt").exists() else None
     if last is not None and last["best_epoch"] >= 0:  # last.pt never claims a best that best.pt does not hold
         best = load(folder / "best.pt")
         assert best["best_epoch"] >= last["best_epoch"]
-    (folder / ".last.pt.k3j_9x2a.tmp").write_bytes(b"half")  # a temp file named as earlier versions named them
+    (folder / ".notes.20241201.tmp").write_bytes(b"mine")  # a user's file: only the tool's own temps are removed
     rc, stdout, err = cli(capsys, "train", "--resume", folder, "--no-progress")
     assert rc == 0, err
-    assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")], "stale temp files left"
+    assert [p.name for p in folder.iterdir() if p.name.endswith(".tmp")] == [".notes.20241201.tmp"], \
+        "stale temp files left, or a user's file deleted"
     ref_last, new_last = load(reference_run / "last.pt"), load(folder / "last.pt")
     ref_best, new_best = load(reference_run / "best.pt"), load(folder / "best.pt")
     assert same_weights(ref_last["state_dict"], new_last["state_dict"])  # resume ends as uninterrupted
@@ -648,3 +650,212 @@ def test_kill_during_a_checkpoint_write(tmp_path, capsys, reference_run, name, n
     ref_rows = (reference_run / "metrics.csv").read_text().splitlines()
     new_rows = (folder / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[:6] for r in new_rows] == [r.split(",")[:6] for r in ref_rows]  # epoch..top5
+
+
+# ------------------------------------------------------------------------------------------- lost work (issue 23)
+def _tree(folder: Path) -> dict:
+    """Every file under ``folder`` (relative name -> bytes): what must not change."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _untitled(out, *extra) -> list[str]:
+    """:func:`tiny` without --experiment: the run folder is the default, new one under ``out``."""
+    args = tiny(out, "x", *extra)
+    i = args.index("--experiment")
+    return args[:i] + args[i + 2:]
+
+
+def _new_run_folders(out: Path, before: set) -> list[Path]:
+    return [p for p in out.iterdir() if p.is_dir() and p.name not in before]
+
+
+def test_resume_from_a_checkpoint_that_is_not_last_pt_never_writes_in_its_folder(tmp_path, capsys, finished_run):
+    """--resume runs/U/best.safetensors (and best.pt) continue in a new run folder: U keeps its best.pt, last.pt
+    and its whole metrics history."""
+    import shutil
+
+    out = tmp_path / "runs"
+    u = out / "U"
+    shutil.copytree(finished_run, u)
+    before = _tree(u)
+    assert len((u / "metrics.csv").read_text().splitlines()) == 3  # header + 2 epochs
+    for name in ("best.safetensors", "best.pt"):
+        existing = {p.name for p in out.iterdir()}
+        rc, stdout, err = cli(capsys, *_untitled(out, "--resume", u / name, "--epochs", "3"))
+        assert rc == 0, err
+        assert _tree(u) == before, f"--resume U/{name} changed U"
+        new = _new_run_folders(out, existing)
+        assert len(new) == 1 and (new[0] / "last.pt").is_file(), (name, stdout)
+        assert "new run folder" in stdout
+    existing = {p.name for p in out.iterdir()}
+    rc, _, err = cli(capsys, *_untitled(out, "--init-from", u / "best.pt", "--epochs", "1"))
+    assert rc == 0, err
+    assert _tree(u) == before and len(_new_run_folders(out, existing)) == 1
+
+
+def test_run_folders_of_earlier_versions_are_still_run_folders(tmp_path, finished_run):
+    """A run folder without the marker (written before it existed) is recognised by the trainer's config.yaml
+    header; a folder whose config.yaml is a user's is not."""
+    import shutil
+
+    from spikedriven.training.report import MARKER, RunFolderError, is_run_folder, resume_source
+
+    old = tmp_path / "old"
+    shutil.copytree(finished_run, old)
+    (old / MARKER).unlink()
+    assert is_run_folder(old) and resume_source(old) == (old / "last.pt", old)
+    (old / "config.yaml").write_text("lr: 0.1\n")
+    assert not is_run_folder(old)
+    with pytest.raises(RunFolderError, match="not a run folder"):
+        resume_source(old)
+    assert resume_source(old / "last.pt") == (old / "last.pt", None)  # a checkpoint file: a new run folder
+
+
+def test_resume_from_a_file_in_a_users_folder_makes_no_run_folder_there(tmp_path, capsys, finished_run):
+    """--resume some/dir/file.pth.tar: some/dir (a user's folder with its config.yaml, or another run's folder)
+    is left exactly as it was; the run goes to a new folder under --output."""
+    import shutil
+
+    user = tmp_path / "some" / "dir"
+    user.mkdir(parents=True)
+    (user / "config.yaml").write_text("my: settings\n")
+    sd = load(finished_run / "best.pt")["state_dict"]
+    torch.save({"state_dict": sd, "epoch": 0}, user / "file.pth.tar")
+    other = tmp_path / "runs" / "other"
+    shutil.copytree(finished_run, other)
+    shutil.copy(user / "file.pth.tar", other / "file.pth.tar")
+    user_before = _tree(user)
+    for folder in (user, other):
+        before = _tree(folder)
+        out = tmp_path / f"out-{folder.name}"
+        rc, _, err = cli(capsys, *_untitled(out, "--resume", folder / "file.pth.tar"))
+        assert rc == 0, err
+        assert _tree(folder) == before and sorted(p.name for p in user.iterdir()) == ["config.yaml", "file.pth.tar"]
+        (new,) = _new_run_folders(out, set())
+        assert {"last.pt", "best.pt", "metrics.csv", "config.yaml"} <= {p.name for p in new.iterdir()}
+    rc, _, err = cli(capsys, "train", "--resume", user)  # a folder that is not a run folder
+    one_line_error(rc, err, "not a run folder", "config.yaml")
+    assert _tree(user) == user_before
+
+
+def test_a_folder_with_a_users_files_is_not_a_run_folder(tmp_path, capsys):
+    """--experiment proj on a folder holding a user's config.yaml and .notes.20241201.tmp: refused, nothing
+    overwritten or deleted; with --overwrite the run uses it, replacing only the names a run writes."""
+    out = tmp_path / "runs"
+    proj = out / "proj"
+    proj.mkdir(parents=True)
+    (proj / "config.yaml").write_text("mine: true\n")
+    (proj / ".notes.20241201.tmp").write_text("my notes\n")
+    before = _tree(proj)
+    rc, _, err = cli(capsys, *tiny(out, "proj"))
+    one_line_error(rc, err, "not a run folder", "did not make", "config.yaml", ".notes.20241201.tmp", "--overwrite")
+    assert _tree(proj) == before and sorted(p.name for p in proj.iterdir()) == sorted(before)
+    rc, _, err = cli(capsys, *tiny(out, "proj", "--epochs", "1", "--overwrite"))
+    assert rc == 0, err
+    assert (proj / ".notes.20241201.tmp").read_text() == "my notes\n"  # never deleted
+    assert (proj / "last.pt").is_file() and "mine: true" not in (proj / "config.yaml").read_text()
+
+
+def test_overwrite_starts_a_finished_run_over(tmp_path, capsys, finished_run):
+    import shutil
+
+    out = tmp_path / "runs"
+    shutil.copytree(finished_run, out / "done")
+    (out / "done" / "notes.txt").write_text("keep me\n")
+    rc, _, err = cli(capsys, *tiny(out, "done", "--epochs", "1"))
+    one_line_error(rc, err, "already holds a run", "--overwrite")
+    rc, _, err = cli(capsys, *tiny(out, "done", "--epochs", "1", "--overwrite"))
+    assert rc == 0, err
+    assert len((out / "done" / "metrics.csv").read_text().splitlines()) == 2  # the new run's one epoch
+    assert load(out / "done" / "last.pt")["next_epoch"] == 1
+    assert (out / "done" / "notes.txt").read_text() == "keep me\n"
+
+
+def test_an_output_never_replaces_an_input_or_a_fifo(tmp_path, capsys, finished_run):
+    """convert cv/last.pt cv/last.pt, energy --csv/--json/--plot or viz --out naming the checkpoint read: refused
+    (also with --overwrite, also through a link), the checkpoint unchanged; an output on a FIFO or a directory is
+    refused, never replaced."""
+    import shutil
+
+    cv = tmp_path / "cv"
+    shutil.copytree(finished_run, cv)
+    last, best = cv / "last.pt", cv / "best.pt"
+    before = _tree(cv)
+    (tmp_path / "link.pt").symlink_to(last)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    cases = [("convert", last, last), ("convert", last, last, "--overwrite"), ("convert", last, tmp_path / "link.pt"),
+             ("energy", "--checkpoint", best, "--uniform-rate", "0.2", "--csv", best),
+             ("energy", "--checkpoint", best, "--uniform-rate", "0.2", "--json", best, "--overwrite"),
+             ("energy", "--checkpoint", best, "--uniform-rate", "0.2", "--plot", best),
+             ("viz", "rates", "--checkpoint", best, "--data", "random", "--out", best, "--overwrite")]
+    for args in cases:
+        rc, _, err = cli(capsys, *args)
+        one_line_error(rc, err, "is also an input of this command")
+    for target, needle in ((fifo, "FIFO"), (tmp_path, "directory")):
+        rc, _, err = cli(capsys, "convert", last, target, "--overwrite")
+        one_line_error(rc, err, needle)
+    assert _tree(cv) == before
+    assert fifo.is_fifo() and (tmp_path / "link.pt").is_symlink()
+    from spikedriven.outputs import OutputError, check_output
+
+    with pytest.raises(OutputError, match="a device"):
+        check_output("/dev/null", overwrite=True)
+
+
+def test_outputs_need_overwrite_and_are_written_atomically(tmp_path, capsys):
+    """energy --csv/--json: an existing file is replaced only with --overwrite; two outputs on one file are
+    refused; a write that fails part-way (a file-size limit, as a full disk) leaves the previous files whole."""
+    import resource
+
+    energy = ("energy", "--model", "sdt_digits_1_64", "--uniform-rate", "0.2")
+    csv_, js = tmp_path / "r.csv", tmp_path / "r.json"
+    csv_.write_text("old csv\n")
+    js.write_text("{}\n")
+    rc, _, err = cli(capsys, *energy, "--csv", csv_)
+    one_line_error(rc, err, "already exists", "--overwrite")
+    rc, _, err = cli(capsys, *energy, "--csv", tmp_path / "a", "--json", tmp_path / "a")
+    one_line_error(rc, err, "--json and --csv name the same file")
+    assert not (tmp_path / "a").exists()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200, hard))
+    try:
+        rc, _, err = cli(capsys, *energy, "--json", js, "--csv", csv_, "--overwrite")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+    one_line_error(rc, err, "could not write", "is unchanged")
+    assert csv_.read_text() == "old csv\n" and js.read_text() == "{}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv", "r.json"]  # no temporary file left
+    rc, _, err = cli(capsys, *energy, "--json", js, "--csv", csv_, "--overwrite")
+    assert rc == 0, err
+    assert csv_.read_text().startswith("name,kind,op") and js.read_text().lstrip().startswith("{\n")
+
+
+def test_stale_temp_cleanup_removes_only_the_tools_own_names(tmp_path):
+    from spikedriven.outputs import atomic_write_text, remove_stale_temp_files, temp_path
+
+    ours = temp_path(tmp_path / "last.pt")
+    ours.write_bytes(b"half")
+    users = [".notes.20241201.tmp", ".last.pt.k3j_9x2a.tmp", ".spikedriven-x.tmp", "metrics.csv.tmp", "a.tmp"]
+    for n in users:
+        (tmp_path / n).write_text("mine")
+    assert ours.name.startswith(".spikedriven-last.pt.")
+    assert remove_stale_temp_files(tmp_path) == [ours.name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(users)
+    atomic_write_text(tmp_path / "out.txt", "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(users + ["out.txt"])
+
+
+def test_simulated_events_never_replace_a_folder_of_recordings(tmp_path):
+    from spikedriven.data import write_simulated_dataset
+
+    mine = tmp_path / "events_np" / "train" / "0"
+    mine.mkdir(parents=True)
+    (mine / "0.npz").write_bytes(b"a real recording")
+    img = np.zeros((2, 28, 28), np.uint8)
+    with pytest.raises(FileExistsError, match="not a simulated dataset written by spikedriven"):
+        write_simulated_dataset(img, np.array([1, 2]), tmp_path, "train")
+    assert (mine / "0.npz").read_bytes() == b"a real recording"
+    assert sorted(p.name for p in (tmp_path / "events_np").iterdir()) == ["train"]  # no staging folder left

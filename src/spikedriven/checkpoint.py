@@ -12,16 +12,13 @@ integer), and non-finite (NaN/inf) values are refused.
 
 All writes are atomic (temporary file in the same folder, then ``os.replace``); the written file gets the
 permissions a plain ``open()`` would give it (``0666`` minus the umask); a failed write (e.g. a full disk) raises
-:class:`CheckpointError` and leaves the previous file in place.
+``outputs.OutputError`` and leaves the previous file in place (see :mod:`spikedriven.outputs`).
 """
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import re
-import secrets
-import shutil
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -50,10 +47,6 @@ SAFE_GLOBALS = [argparse.Namespace]
 _TRAINING_STATE = ("optimizer", "scheduler", "scaler", "rng", "amp")
 _STATE_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
 
-# temporary files of atomic_write_bytes: ".<name>.<16 hex digits>.tmp" next to the target (earlier versions used
-# tempfile.mkstemp: ".<name>.<8 characters>.tmp")
-_TMP_RE = re.compile(r"^\..+\.([0-9a-f]{16}|[a-z0-9_]{8})\.tmp$")
-
 
 class CheckpointError(RuntimeError):
     """A checkpoint file could not be read or written, or does not match the model."""
@@ -65,93 +58,13 @@ def _first_line(e: BaseException, limit: int = 240) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ writing
-def _tmp_path(path: Path) -> Path:
-    return path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
-
-
-def _write_failure(path: Path, e: BaseException) -> str:
-    try:
-        free = shutil.disk_usage(path.parent).free
-    except OSError:
-        free = None
-    err = getattr(e, "errno", None)
-    if err in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-        why = "the disk is full (no space left on device)"
-    elif err == errno.EFBIG:
-        why = "the file is larger than this process may write (file size limit)"
-    elif err in (errno.EACCES, errno.EPERM, errno.EROFS):
-        why = f"permission denied ({_first_line(e)})"
-    elif isinstance(e, OSError):
-        why = _first_line(e)
-    elif "enforce fail" in str(e) or "unexpected pos" in str(e) or "PytorchStreamWriter" in str(e):
-        why = "the write failed part-way (the disk may be full or the file size limit reached)"
-    else:
-        why = _first_line(e)
-    space = f"; {free / 2**20:.1f} MiB free there" if free is not None else ""
-    return f"could not write {path}: {why}{space}; the previous {path.name} (if any) is unchanged"
-
-
-def atomic_write_bytes(path: str | os.PathLike, write_fn) -> None:
-    """Call ``write_fn(tmp_path)`` and atomically move the result to ``path`` (never a half-written file).
-
-    The temporary file is created in the target's folder with mode ``0666 & ~umask`` (what ``open()`` gives), so
-    the final file has the usual permissions. Any failure removes the temporary file, leaves ``path`` as it was
-    and raises :class:`CheckpointError` saying why (a full disk is named as such)."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CheckpointError(_write_failure(path, e)) from e
-    if path.is_dir():
-        raise CheckpointError(f"could not write {path}: it is a directory")
-    tmp = _tmp_path(path)
-    try:
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        mode = os.stat(tmp).st_mode & 0o777  # 0666 minus the umask
-        write_fn(str(tmp))
-        if os.stat(tmp).st_mode & 0o777 != mode:  # a writer that re-creates the file (safetensors: 0600)
-            os.chmod(tmp, mode)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, Exception) and not isinstance(e, CheckpointError):
-            raise CheckpointError(_write_failure(path, e)) from e
-        raise
-    try:  # make the rename itself durable (best effort: not every filesystem allows it)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+# every write goes through spikedriven.outputs (one rule for all outputs); the names stay importable from here
+from .outputs import atomic_write_bytes, remove_stale_temp_files  # noqa: E402
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to ``path`` atomically."""
+    """``torch.save`` to ``path`` atomically (``outputs.atomic_write``)."""
     atomic_write_bytes(path, lambda tmp: torch.save(obj, tmp))
-
-
-def remove_stale_temp_files(folder: str | os.PathLike) -> list[str]:
-    """Delete the temporary files :func:`atomic_write_bytes` leaves in ``folder`` when its process is killed
-    mid-write. Only call this on a folder no other process writes to (a locked run folder). Returns the names."""
-    removed = []
-    folder = Path(folder)
-    if not folder.is_dir():
-        return removed
-    for p in folder.iterdir():
-        if _TMP_RE.match(p.name) and p.is_file():
-            try:
-                p.unlink()
-                removed.append(p.name)
-            except OSError:
-                pass
-    return removed
 
 
 # ------------------------------------------------------------------------------------------------ reading

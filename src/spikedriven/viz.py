@@ -27,10 +27,17 @@ def _plt():
 
 
 def _save(fig, path, dpi: int):
-    """Lay out, write and close a figure; returns ``path``."""
+    """Lay out, write (atomically: ``outputs.atomic_write``) and close a figure; returns ``path``."""
+    from .outputs import atomic_write
+
+    from pathlib import Path
+
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"  # the temporary file's name ends in .tmp
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    _plt().close(fig)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=fmt))
+    finally:
+        _plt().close(fig)
     return path
 
 

@@ -37,6 +37,9 @@ def register(sub) -> None:
     p.add_argument("--csv", help="write the per-layer report as CSV")
     p.add_argument("--json", help="write the report as JSON")
     p.add_argument("--plot", help="write a firing-rate bar chart (PNG)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing --csv/--json/--plot files (never an input of the command, a directory or "
+                        "a device) (default: refused)")
     p.set_defaults(func=run)
 
 
@@ -61,8 +64,12 @@ def _batches(args, model, meta, size):
 
 def run(args) -> int:
     from ..energy import analyze_87x, energy_from_config, profile_model, theoretical_report
+    from ..outputs import check_outputs
     from ..probe import bn_is_calibrated, calibrate_bn
 
+    # before any work: an output never replaces an input, a device or (without --overwrite) an existing file
+    check_outputs({"--csv": args.csv, "--json": args.json, "--plot": args.plot},
+                  inputs=[args.checkpoint, args.config, args.data], overwrite=args.overwrite)
     overrides = {"T": args.T} if args.T else {}
     if args.theory:
         if args.N and args.D:

@@ -25,6 +25,10 @@ def register(sub) -> None:
                    help=f"our recipe name or a YAML file (default: {DEFAULT_CONFIG}; with --resume: the run's own); "
                         f"keys it leaves out take the official train.py defaults")
     t.add_argument("--list-configs", action="store_true", help="list our recipes and exit")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start over in the --experiment folder although it holds a finished run (its run files are "
+                        "removed) or files spikedriven did not make (those named like a run's are replaced, others "
+                        "left alone) (default: refused)")
     add_recipe_arguments(t)
     t.set_defaults(func=run_train)
 
@@ -57,7 +61,7 @@ def run_train(args) -> int:
         return 0
     overrides = recipe_overrides_from_args(args)
     quiet = overrides.get("progress") is False
-    res = train(args.config, **overrides)
+    res = train(args.config, overwrite=args.overwrite, **overrides)
     trainer = res.pop("trainer")
     if not trainer.env.is_main:
         return 0

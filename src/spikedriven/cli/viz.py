@@ -22,6 +22,9 @@ def register(sub) -> None:
     p.add_argument("--no-calibrate", action="store_true",
                    help="do not calibrate the BatchNorm statistics of an untrained model before drawing")
     p.add_argument("--out", required=True, help="output PNG")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it exists (never an input of the command, a directory or a device) "
+                        "(default: refused)")
     p.set_defaults(func=run)
 
 
@@ -50,8 +53,11 @@ def run(args) -> int:
     from ..energy import profile_model
     from ..probe import bn_is_calibrated, calibrate_bn
     from ..training.inputs import random_inputs
+    from ..outputs import check_output
     from ..viz import plot_attention_maps, plot_firing_rates, plot_spike_raster
 
+    check_output(args.out, inputs=[args.checkpoint, args.config, args.image], overwrite=args.overwrite,
+                 option="--out")
     model, meta = model_from_args(args)
     x = _load_input(args, model, meta)
     if not args.no_calibrate and not bn_is_calibrated(model):

@@ -277,7 +277,7 @@ class EventFrameDataset(Dataset):
 
     def _write_cache(self, cached: Path, out: torch.Tensor) -> None:
         """Best effort: a cache that cannot be written (read-only folder, full disk) only costs time."""
-        tmp = cached.parent / f".{cached.name}.{secrets.token_hex(8)}.tmp"
+        tmp = cached.parent / f".spikedriven-{cached.name}.{secrets.token_hex(8)}.tmp"  # outputs.temp_path's form
         try:
             with open(tmp, "wb") as f:
                 np.save(f, out.numpy())

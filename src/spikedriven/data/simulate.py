@@ -65,7 +65,7 @@ def write_simulated_dataset(images: np.ndarray, labels: np.ndarray, out: str | o
     final = out / "events_np" / split
     # written into a hidden staging folder and renamed when complete: an interrupted generation never leaves a
     # half-filled split that later runs would silently train on
-    d = out / "events_np" / f".{split}.partial"
+    d = out / "events_np" / f".spikedriven-{split}.partial"  # the tool's own name: removed only by the tool
     if d.exists():
         shutil.rmtree(d)
     rng = np.random.default_rng(seed)
@@ -73,11 +73,15 @@ def write_simulated_dataset(images: np.ndarray, labels: np.ndarray, out: str | o
         ld = d / str(int(lab))
         ld.mkdir(parents=True, exist_ok=True)
         ev = image_to_events(img, sensor=sensor, rng=rng)
-        tmp = ld / f".{i}.tmp.npz"
+        tmp = ld / f".spikedriven-{i}.tmp.npz"
         np.savez(tmp, **ev)
         os.replace(tmp, ld / f"{i}.npz")
     d.mkdir(parents=True, exist_ok=True)
-    if final.exists():
+    if final.exists():  # written meanwhile by another process; never a folder of real recordings
+        if not (out / SIM_MARKER).is_file():
+            shutil.rmtree(d)
+            raise FileExistsError(f"{final} already exists and is not a simulated dataset written by spikedriven: "
+                                  f"not replaced; give another output folder")
         shutil.rmtree(final)
     os.replace(d, final)
     (out / SIM_MARKER).write_text("SIMULATED event streams (N-MNIST-style saccades over Fashion-MNIST images), "

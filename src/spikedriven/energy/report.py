@@ -6,6 +6,7 @@ multiply-accumulate, E_AC = 0.9 pJ per accumulate. All energies are **per sample
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import asdict, dataclass, field
 
@@ -100,20 +101,26 @@ class EnergyReport:
                 "totals": self.summary(), "notes": list(self.notes), "layers": [asdict(l) for l in self.layers]}
 
     def to_json(self, path) -> None:
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
+        """Write :meth:`to_dict` as JSON (atomically: ``outputs.atomic_write_text``)."""
+        from ..outputs import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
 
     def to_csv(self, path) -> None:
+        """One row per layer and a TOTAL row (atomically: ``outputs.atomic_write_text``)."""
+        from ..outputs import atomic_write_text
+
         cols = ["name", "kind", "op", "input", "flops"] + [f"rate_t{t}" for t in range(self.T)] + [
             "rate", "sops", "energy_mj", "note"]
-        with open(path, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(cols)
-            for l in self.layers:
-                rates = list(l.rate_per_t) + [""] * (self.T - len(l.rate_per_t))
-                w.writerow([l.name, l.kind, l.op, l.input, l.flops, *rates, l.rate, l.sops, l.energy_mj, l.note])
-            w.writerow(["TOTAL", "", "", "", self.total_flops, *([""] * self.T), self.mean_rate,
-                        self.total_macs + self.total_sops, self.total_mj, ""])
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(cols)
+        for l in self.layers:
+            rates = list(l.rate_per_t) + [""] * (self.T - len(l.rate_per_t))
+            w.writerow([l.name, l.kind, l.op, l.input, l.flops, *rates, l.rate, l.sops, l.energy_mj, l.note])
+        w.writerow(["TOTAL", "", "", "", self.total_flops, *([""] * self.T), self.mean_rate,
+                    self.total_macs + self.total_sops, self.total_mj, ""])
+        atomic_write_text(path, buf.getvalue())
 
     def table(self) -> str:
         show_t = self.T <= 6

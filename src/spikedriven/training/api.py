@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import os
 import time
-from pathlib import Path
 
 import torch
 
@@ -42,17 +41,17 @@ def _recipe_for(config, overrides: dict, warn: bool = True) -> Recipe:
 
 
 def read_resume_recipe(resume) -> dict | None:
-    p = Path(resume)
-    if p.is_dir():
-        if not (p / "last.pt").exists() and (p / "config.yaml").is_file():
-            # a run killed before its first last.pt: its resolved recipe, to start it over in its folder
-            from ..config.official import load_yaml
+    """The recipe stored with what ``resume`` names (``report.resume_source``): the checkpoint's, or the
+    ``config.yaml`` of a run folder stopped before its first checkpoint."""
+    from .report import resume_source
 
-            rec = load_yaml(p / "config.yaml")
-            return {**rec, "_explicit": list(rec)}  # config.yaml holds only the model keys the run set itself
-        p = p / "last.pt"
-    if not p.exists():
-        raise FileNotFoundError(f"resume checkpoint not found: {p}")
+    p, folder = resume_source(resume)
+    if p is None:
+        # a run killed before its first last.pt: its resolved recipe, to start it over in its folder
+        from ..config.official import load_yaml
+
+        rec = load_yaml(folder / "config.yaml")
+        return {**rec, "_explicit": list(rec)}  # config.yaml holds only the model keys the run set itself
     from ..checkpoint import CheckpointError, read_checkpoint_file
 
     ck = read_checkpoint_file(p)
@@ -63,17 +62,19 @@ def read_resume_recipe(resume) -> dict | None:
 
 
 def train(config: str | os.PathLike | dict | None = None, datasets: dict | None = None, print_fn=print,
-          summary: bool | None = None, **overrides) -> dict:
+          summary: bool | None = None, overwrite: bool = False, **overrides) -> dict:
     """Train a recipe and return its final metrics (``top1``, ``top5``, ``run_dir``, ``history``, ...).
 
     ``config``: one of our recipe names, a YAML path (ours or official) or a dict; ``overrides``: recipe keys.
     ``datasets``: optional ``{"train", "test"}`` datasets to use instead of ``spikedriven.data``.
+    ``overwrite``: the run folder (``experiment``) may hold another run or files spikedriven did not make
+    (``report.open_run_dir``).
     """
     from .distributed import cleanup
     from .loop import Trainer
 
     r = _recipe_for(config, overrides)
-    trainer = Trainer(r, datasets=datasets, print_fn=print_fn)
+    trainer = Trainer(r, datasets=datasets, print_fn=print_fn, overwrite=overwrite)
     try:
         _advise_start(trainer)
         result = trainer.fit()

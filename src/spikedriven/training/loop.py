@@ -29,7 +29,7 @@ from .recipe import Recipe
 from .resume import check_labels as _check_labels
 from .resume import partial_line as _partial_line
 from .resume import restore, rng_state, set_rng_state
-from .report import RunLogger, energy_summary, open_run_dir, plot_curve, write_text_atomic
+from .report import RunLogger, energy_summary, open_run_dir, plot_curve, resume_source, write_text_atomic
 
 __all__ = ["Trainer", "evaluate", "build_model", "rng_state", "set_rng_state", "unwrap"]
 
@@ -124,8 +124,10 @@ class Trainer:
     """
 
     def __init__(self, r: Recipe, datasets: dict | None = None, env: DistEnv | None = None,
-                 print_fn: Callable[[str], None] = print):
+                 print_fn: Callable[[str], None] = print, overwrite: bool = False):
         self.r = r
+        self.overwrite = overwrite  # --overwrite: the run folder may hold another run or foreign files
+        self._resume_dir: Path | None = None
         if r.get("time_limit") is not None and not float(r["time_limit"]) > 0:  # 0 would stop before step 1
             raise ValueError(f"time_limit must be a positive number of minutes, got {r['time_limit']!r}; "
                              f"leave it unset (--set time_limit=null) for no limit")
@@ -293,20 +295,17 @@ class Trainer:
             self._print(f"warning: {msg}")
 
     def _resume_path(self) -> Path | None:
+        """The checkpoint ``resume`` continues from; the run folder it continues in goes to ``_resume_dir`` (None:
+        a checkpoint outside a run folder, whose run gets a new folder; see ``report.resume_source``)."""
         res = self.r.get("resume")
         if not res:
             return None
-        p = Path(res)
-        if p.is_dir():
-            p = p / "last.pt"
-        if not p.exists():
-            if p.name == "last.pt" and (p.parent / "config.yaml").is_file():
-                # killed before its first last.pt: the run starts over in its own folder (nothing to continue)
-                self._restart_dir = p.parent
-                self._note(f"{p.parent} has no last.pt (the run stopped before its first checkpoint): starting it "
-                           f"over in its folder")
-                return None
-            raise FileNotFoundError(f"resume checkpoint not found: {p}")
+        p, self._resume_dir = resume_source(res)
+        if p is None:  # killed before its first last.pt: the run starts over in its own folder
+            self._note(f"{self._resume_dir} has no last.pt (the run stopped before its first checkpoint): starting "
+                       f"it over in its folder")
+        elif self._resume_dir is None:
+            self._note(f"{p} is not the last.pt of a run folder: the run continues from it in a new run folder")
         return p
 
     def _setup_run_dir(self, resume_path: Path | None) -> None:
@@ -319,9 +318,8 @@ class Trainer:
         if self.env.is_main:
             default = f"{r.data_label or 'data'}-{self.model.model_name}-t{self.model.T}"
             try:
-                here = resume_path.parent if resume_path is not None else getattr(self, "_restart_dir", None)
                 d, self._lock, removed = open_run_dir(r.get("output") or "runs", r.get("experiment") or "", default,
-                                                      here)
+                                                      self._resume_dir, overwrite=self.overwrite)
                 msg = str(d)
             except Exception as e:  # noqa: BLE001 - sent to every rank, then raised
                 msg, err = None, e
@@ -335,7 +333,7 @@ class Trainer:
             write_text_atomic(self.run_dir / "config.yaml", "# resolved recipe (spikedriven train --config "
                               "this-file reproduces the run)\n" + self.r.to_yaml())
             self.logger = RunLogger(self.run_dir, tensorboard=bool(r.get("tensorboard")),
-                                    resume=resume_path is not None or getattr(self, "_restart_dir", None) is not None)
+                                    resume=self._resume_dir is not None)
             if self._lock is not None and self._lock.stale:
                 self._note(f"took over the stale lock of a run that no longer runs ({self._lock.stale})")
             if removed:

@@ -2,8 +2,10 @@
 
 A run folder belongs to one run: :func:`open_run_dir` creates it (default names are made unique by an atomic
 ``mkdir``), takes its lock (:class:`RunLock`, held until the run ends; a lock left by a killed process is
-detected as stale and taken over), refuses a folder that already holds another run's files, and removes the
-temporary files a killed writer left behind.
+detected as stale and taken over), marks it as a run folder (:data:`MARKER`), refuses a folder that already holds
+another run's files or files spikedriven did not make, and removes the temporary files a killed writer left
+behind (only names of the ``outputs.temp_path`` form). :func:`resume_source` decides where ``--resume`` continues:
+in a run folder only; any other checkpoint starts a new run folder.
 """
 from __future__ import annotations
 
@@ -11,39 +13,86 @@ import csv
 import io
 import itertools
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
 
 from torch import nn
 
-from ..checkpoint import atomic_write_bytes, remove_stale_temp_files
 from ..energy.profile import profile_model
+from ..outputs import atomic_write, atomic_write_text, is_temp_name, remove_stale_temp_files
 from ..probe import firing_rates
 
 __all__ = ["RunLogger", "RunLock", "RunFolderError", "make_run_dir", "open_run_dir", "run_files", "firing_summary",
-           "energy_summary", "plot_curve", "write_text_atomic"]
+           "energy_summary", "plot_curve", "write_text_atomic", "is_run_folder", "resume_source", "MARKER"]
 
 METRIC_FIELDS = ["epoch", "step", "train_loss", "eval_loss", "top1", "top5", "ema_top1", "ema_top5", "lr",
                  "epoch_time_s", "elapsed_s"]
 
 LOCK_NAME = ".spikedriven.lock"
+# written when a run claims its folder: what makes a folder a run folder (its files are the tool's own)
+MARKER = ".spikedriven.run"
+# the header of the config.yaml a run writes: run folders of versions before MARKER are recognised by it
+CONFIG_HEADER = "# resolved recipe (spikedriven train"
 # what a run writes into its folder; a folder holding any of these (with results) belongs to a run already
 RUN_FILES = ("last.pt", "best.pt", "best.safetensors", "metrics.csv", "config.yaml", "train.log", "curve.png", "tb")
-# temporary names of earlier versions (before every write went through atomic_write_bytes)
-_OLD_TEMPS = ("metrics.csv.tmp", "curve.png.tmp.png")
 
 
 class RunFolderError(RuntimeError):
-    """The run folder is in use by another run, or holds a finished one."""
+    """The run folder is in use by another run, holds a finished one, or is not a run folder."""
 
 
-def write_text_atomic(path, text: str) -> None:
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
+write_text_atomic = atomic_write_text  # the name the trainer has always used
 
-    atomic_write_bytes(path, write)
+
+def is_run_folder(folder) -> bool:
+    """True for a folder a run of spikedriven made: it holds :data:`MARKER` (or, from versions before the marker,
+    a ``config.yaml`` the trainer wrote)."""
+    folder = Path(folder)
+    if (folder / MARKER).is_file():
+        return True
+    try:
+        with open(folder / "config.yaml", encoding="utf-8", errors="replace") as f:
+            return f.readline().startswith(CONFIG_HEADER)
+    except OSError:
+        return False
+
+
+def foreign_entries(folder) -> list[str]:
+    """What a folder that is not a run folder holds, apart from the lock and temporary files of spikedriven."""
+    try:
+        names = sorted(p.name for p in Path(folder).iterdir())
+    except OSError:
+        return []
+    return [n for n in names if n not in (LOCK_NAME, MARKER) and not is_temp_name(n)]
+
+
+def resume_source(resume) -> tuple[Path | None, Path | None]:
+    """``(checkpoint to continue from, run folder to continue in)`` for ``--resume``.
+
+    A run folder (or its ``last.pt``) is continued in that folder; a run folder without ``last.pt`` but with its
+    ``config.yaml`` (stopped before its first checkpoint) is started over there (checkpoint None). Any other
+    checkpoint file (``best.pt``, ``best.safetensors``, an official ``.pth.tar``, a ``last.pt`` outside a run
+    folder) gives no folder: the run starts a new run folder and never writes beside the file. A folder that is
+    not a run folder is refused (:class:`RunFolderError`)."""
+    p = Path(resume)
+    if p.is_dir():
+        if not is_run_folder(p):
+            held = foreign_entries(p)
+            raise RunFolderError(f"--resume {p}: not a run folder of spikedriven train (no {MARKER} marker"
+                                 f"{'; it holds ' + ', '.join(held[:6]) if held else ''}); to start from a "
+                                 f"checkpoint file in it, give the file (a new run folder is made)")
+        folder, p = p, p / "last.pt"
+    elif p.name == "last.pt" and is_run_folder(p.parent):
+        folder = p.parent
+    else:
+        folder = None
+    if not p.exists():
+        if folder is not None and (folder / "config.yaml").is_file():
+            return None, folder  # killed before its first last.pt: the run starts over in its own folder
+        raise FileNotFoundError(f"resume checkpoint not found: {p}")
+    return p, folder
 
 
 def make_run_dir(output: str, experiment: str, default_name: str) -> Path:
@@ -188,13 +237,17 @@ def run_files(folder) -> list[str]:
     return found if valuable else []
 
 
-def open_run_dir(output: str, experiment: str, default_name: str, resume_from: Path | None = None
-                 ) -> tuple[Path, RunLock, list[str]]:
+def open_run_dir(output: str, experiment: str, default_name: str, resume_from: Path | None = None,
+                 overwrite: bool = False) -> tuple[Path, RunLock, list[str]]:
     """Claim the run folder: ``(folder, its held RunLock, stale temporary files removed)``.
 
-    The folder is the resumed checkpoint's when resuming without ``experiment``, else ``output/experiment``,
-    else a new unique ``output/<timestamp>-<default_name>``. Refused (:class:`RunFolderError`): a folder another
-    live run holds, and a folder holding another run's results unless this run resumes from it."""
+    ``resume_from``: the run folder a resumed run continues (see :func:`resume_source`). The folder is that one
+    when resuming without ``experiment``, else ``output/experiment``, else a new unique
+    ``output/<timestamp>-<default_name>``. Refused (:class:`RunFolderError`): a folder another live run holds; a
+    folder holding another run's results unless this run resumes from it; an existing folder that is not a run
+    folder and is not empty. ``overwrite`` (``--overwrite``) starts the run over in such a folder: a run folder's
+    previous run files are removed, a foreign folder's files are replaced only where the run writes its own names,
+    and nothing else in it is touched."""
     if resume_from is not None and not experiment:
         d = Path(resume_from)
     else:
@@ -203,20 +256,40 @@ def open_run_dir(output: str, experiment: str, default_name: str, resume_from: P
     try:
         resuming_here = resume_from is not None and Path(resume_from).resolve() == d.resolve()
         if not resuming_here:
-            existing = run_files(d)
-            if existing:
-                raise RunFolderError(
-                    f"run folder {d} already holds a run ({', '.join(existing)}); continue it with --resume {d}, "
-                    f"or choose another --experiment name (delete the folder to start it over)")
+            if is_run_folder(d):
+                existing = run_files(d)
+                if existing and not overwrite:
+                    raise RunFolderError(
+                        f"run folder {d} already holds a run ({', '.join(existing)}); continue it with --resume {d}, "
+                        f"or choose another --experiment name (--overwrite starts it over)")
+                if existing:
+                    _remove_run_files(d)
+            else:
+                foreign = foreign_entries(d)
+                if foreign and not overwrite:
+                    raise RunFolderError(
+                        f"{d} is not a run folder: it holds files spikedriven did not make "
+                        f"({', '.join(foreign[:6])}{' ...' if len(foreign) > 6 else ''}); choose another "
+                        f"--experiment name or an empty folder (--overwrite uses it, replacing any files named like "
+                        f"a run's: {', '.join(RUN_FILES)})")
+        if not (d / MARKER).is_file():
+            atomic_write_text(d / MARKER, "spikedriven run folder (written by spikedriven train; its other files "
+                                          "are the run's)\n")
         removed = remove_stale_temp_files(d)
-        for n in _OLD_TEMPS:
-            if (d / n).is_file():
-                (d / n).unlink()
-                removed.append(n)
     except BaseException:
         lock.release()
         raise
     return d, lock, removed
+
+
+def _remove_run_files(folder: Path) -> None:
+    """Start a run folder over (``--overwrite``): the files a run made there, nothing else."""
+    for n in RUN_FILES:
+        p = folder / n
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.is_file() or p.is_symlink():
+            p.unlink()
 
 
 class RunLogger:
@@ -335,7 +408,7 @@ def plot_curve(csv_path, png_path, title: str = "", steps_per_epoch: int | None 
         fig.suptitle(title)
     fig.tight_layout()
     try:
-        atomic_write_bytes(png_path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+        atomic_write(png_path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     finally:
         plt.close(fig)
     return True
