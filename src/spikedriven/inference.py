@@ -1,9 +1,15 @@
 """The inference form of a model: BatchNorms folded into their convs, re-parameterisable convs (V2's RepConv)
-folded into one conv each, no autograd, optional torch.compile.
+folded, no autograd, optional torch.compile.
 
 Folding is exact algebra (eval-mode BN is an affine map per channel; a RepConv in eval mode is one linear map of
 its input), so a folded model computes the same membrane potentials up to float rounding; the paper's energy
-model also assumes BN is folded. The verifier and the energy report look at this form.
+model also assumes BN is folded.
+
+Two forms of a RepConv: ``fold_bn`` (the spike-driven form, which the verifier, the energy report and the event
+engines look at) makes each one dense 3x3 conv reading binary spikes; ``prepare_inference`` (the dense evaluation
+path) by default keeps both that conv and the cheaper 1x1 -> depthwise 3x3 -> 1x1 chain and runs, per input size,
+the one with fewer multiply-accumulates (``layers.repconv.RepConvEval``), so folding never makes evaluation
+slower than the unfolded model.
 """
 from __future__ import annotations
 
@@ -13,7 +19,8 @@ import re
 import torch
 from torch import nn
 
-__all__ = ["fold_bn", "fold_reparam", "conv_bn_pairs", "prepare_inference", "has_unfolded_reparam", "deployed_form"]
+__all__ = ["fold_bn", "fold_reparam", "conv_bn_pairs", "prepare_inference", "has_unfolded_reparam", "deployed_form",
+           "REPCONV_FORMS"]
 
 _BN = nn.modules.batchnorm._BatchNorm
 _CONV = (nn.Conv1d, nn.Conv2d)
@@ -69,32 +76,55 @@ def _fold(conv: nn.Module, bn: _BN) -> nn.Module:
     return fused
 
 
-def fold_reparam(model: nn.Module) -> nn.Module:
+REPCONV_FORMS = ("dense", "auto", "chain")
+
+
+def _folded(rep: nn.Module, bn: _BN | None, form: str) -> nn.Module:
+    make = getattr(rep, "eval_form", None)
+    if form == "dense" or make is None:  # a reparam module without a chain form folds densely
+        return rep.fused_conv(bn) if bn is not None else rep.fused_conv()
+    return make(bn, mode=form)
+
+
+def fold_reparam(model: nn.Module, form: str = "dense") -> nn.Module:
     """In place: every re-parameterisable conv (a module with ``fused_conv(bn_after=None)``, e.g. V2's RepConv),
-    with the BatchNorm that follows it inside a Sequential, becomes one conv. The model must be in eval mode."""
+    with the BatchNorm that follows it inside a Sequential, is folded. The model must be in eval mode.
+
+    form: "dense" (one 3x3 conv on binary spikes: the spike-driven form; a dense evaluation module is turned back
+    into it), "auto" (a ``RepConvEval`` running, per input size, the form with fewer MACs) or "chain" (always the
+    1x1 -> depthwise 3x3 -> 1x1 chain)."""
+    if form not in REPCONV_FORMS:
+        raise ValueError(f"form must be one of {', '.join(REPCONV_FORMS)}, got {form!r}")
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Sequential) and len(child) == 2 and hasattr(child[0], "fused_conv") \
                     and isinstance(child[1], _BN):
-                setattr(parent, name, child[0].fused_conv(child[1]))
+                setattr(parent, name, _folded(child[0], child[1], form))
             elif hasattr(child, "fused_conv"):
-                setattr(parent, name, child.fused_conv())
+                setattr(parent, name, _folded(child, None, form))
+            elif hasattr(child, "dense_form"):
+                if form == "dense":
+                    setattr(parent, name, child.dense_form())
+                else:
+                    child.mode = form
     model.repconv_folded = True
     return model
 
 
 def has_unfolded_reparam(model: nn.Module) -> bool:
-    """True if ``model`` still holds re-parameterisable convs (its training form)."""
-    return any(hasattr(m, "fused_conv") for m in model.modules())
+    """True if ``model`` holds re-parameterisable convs that are not in their spike-driven form: its training form,
+    or the dense evaluation form of ``prepare_inference`` (``fold_bn`` gives the spike-driven one)."""
+    return any(hasattr(m, "fused_conv") or hasattr(m, "dense_form") for m in model.modules())
 
 
-def fold_bn(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """Eval-mode model (a copy unless ``inplace``) in inference form: re-parameterisable convs folded, then every
-    conv + BN pair replaced by one conv (BN -> Identity)."""
+def fold_bn(model: nn.Module, inplace: bool = False, repconv: str = "dense") -> nn.Module:
+    """Eval-mode model (a copy unless ``inplace``) in inference form: re-parameterisable convs folded (``repconv``:
+    see :func:`fold_reparam`; the default "dense" is the spike-driven form), then every conv + BN pair replaced by
+    one conv (BN -> Identity)."""
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()
-    fold_reparam(model)
+    fold_reparam(model, repconv)
     for parent, conv_name, bn_name in conv_bn_pairs(model):
         setattr(parent, conv_name, _fold(getattr(parent, conv_name), getattr(parent, bn_name)))
         setattr(parent, bn_name, nn.Identity())
@@ -110,13 +140,15 @@ def deployed_form(model: nn.Module, inplace: bool = False) -> nn.Module:
 
 
 def prepare_inference(model: nn.Module, fold: bool = True, channels_last: bool | None = None,
-                      compile: bool = False, lif_backend: str | None = None) -> nn.Module:
+                      compile: bool = False, lif_backend: str | None = None, repconv: str = "auto") -> nn.Module:
     """Eval-mode copy ready for fast inference (call it under ``torch.inference_mode()``).
 
-    fold: BN and RepConvs folded into convs. channels_last: NHWC activations (default: keep the model's setting).
+    fold: BN and RepConvs folded into convs. repconv: the form of each folded RepConv, "auto" (per input size the
+    one with fewer MACs: never more work than the unfolded model), "dense" (always the spike-driven 3x3) or "chain".
+    channels_last: NHWC activations (default: keep the model's setting).
     compile: wrap in ``torch.compile`` (needs a working compiler toolchain; first call is slow).
     """
-    m = fold_bn(model) if fold else copy.deepcopy(model).eval()
+    m = fold_bn(model, repconv=repconv) if fold else copy.deepcopy(model).eval()
     if channels_last is not None and hasattr(m, "channels_last"):
         m.channels_last = channels_last
     if lif_backend is not None:

@@ -20,7 +20,8 @@ def register(sub) -> None:
                     "(measured SOPs) next to the energy report's T x rate x FLOPs.")
     add_model_arguments(p)
     p.add_argument("--engine", choices=["events", "dense"], default="events",
-                   help="events: the event-driven engine (CPU); dense: the PyTorch model, BN folded (default: events)")
+                   help="events: the event-driven engine (CPU); dense: the PyTorch model, BN folded, each V2 RepConv in its "
+                        "form with fewer MACs (default: events)")
     p.add_argument("--data", default="random",
                    help="a dataset name (digits, fashion-mnist, cifar10, gesture, ...: its test split), random, image "
                         "file(s) (comma-separated) or a folder of images, or an .npz of frames ([T,C,H,W] or "

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..inference import fold_bn
+from ..inference import fold_bn, has_unfolded_reparam
 from .compiler import Linear, Neuron, _conv3, _f32, _lin, _neuron
 
 __all__ = ["ConvK", "SpikeConv", "DWConv", "DownV2", "ConvBlockV2", "AttnBlockV2", "PlanV2", "compile_plan_v2",
@@ -227,8 +227,8 @@ def compile_plan_v2(model: nn.Module) -> PlanV2:
     for name, m in model.named_modules():
         if isinstance(m, Attention) and not isinstance(m, SpikeLinearAttention):
             raise NotImplementedError(f"the V2 engine runs the spike linear attention; {name} is {type(m).__name__}")
-    if not getattr(model, "bn_folded", False):
-        model = fold_bn(model)  # eval-mode copy
+    if not getattr(model, "bn_folded", False) or has_unfolded_reparam(model):  # prepare_inference's form too
+        model = fold_bn(model)  # eval-mode copy, RepConvs in their spike-driven (dense 3x3) form
     left = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if left:
         raise NotImplementedError(f"BatchNorms left after folding (not directly after a conv): {left[:3]}")

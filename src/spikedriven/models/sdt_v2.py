@@ -20,7 +20,8 @@ there is no ``reset_net`` to call between batches.
 
 Inference form: :func:`fold_repconv` turns every ``Sequential(RepConv, BatchNorm2d)`` of the attention (q, k, v
 and proj) into one 3x3 conv with bias that reads the binary spikes directly; in eval mode the result is the same
-up to float rounding.
+up to float rounding. That is the spike-driven form; the dense evaluation path (``prepare_inference``) runs each
+branch in whichever of that conv and the 1x1 -> depthwise 3x3 -> 1x1 chain needs fewer MACs for the input size.
 """
 from __future__ import annotations
 
@@ -569,7 +570,7 @@ def _init_weights(m: nn.Module) -> None:
 # --------------------------------------------------------------------------------------------------
 # Inference form
 # --------------------------------------------------------------------------------------------------
-def fold_repconv(model: nn.Module, inplace: bool = False) -> nn.Module:
+def fold_repconv(model: nn.Module, inplace: bool = False, form: str = "dense") -> nn.Module:
     """Eval-mode model whose attention q/k/v/proj ``Sequential(RepConv, BatchNorm2d)`` are single 3x3 convs.
 
     Each becomes a :class:`SpikeConv2d` (padding 1, with bias) reading the binary spikes directly, equal in eval
@@ -577,10 +578,13 @@ def fold_repconv(model: nn.Module, inplace: bool = False) -> nn.Module:
     folded model has no BN left in these branches, so training it is not the V2 model any more; its state_dict
     has ``q_conv.weight``/``q_conv.bias`` instead of the RepConv keys. Returns a copy unless ``inplace``.
     (``spikedriven.inference.prepare_inference`` also folds every conv + BatchNorm pair.)
+    ``form="auto"``: each branch instead keeps the dense conv and the 1x1 -> depthwise 3x3 -> 1x1 chain and runs,
+    per input size, the one with fewer multiply-accumulates (the dense evaluation form, not spike-driven; see
+    ``spikedriven.layers.repconv.RepConvEval``); ``"chain"`` always runs the chain.
     """
     if not inplace:
         model = copy.deepcopy(model)
-    return fold_reparam(model.eval())
+    return fold_reparam(model.eval(), form)
 
 
 # --------------------------------------------------------------------------------------------------
