@@ -238,8 +238,10 @@ def image_folder(root: str | None, split: str, transform=None):
     if d is None:
         raise DatasetError(f"ImageNet-style {split} folder not found under {root_p}. Expected "
                            f"{root_p}/{'train' if split == 'train' else 'val'}/<class_name>/<image>.JPEG")
-    try:
-        ds = ImageFolder(str(d), transform=transform)
+    from .images import open_rgb
+
+    try:  # open_rgb: bit depth kept, pixel budget, errors naming the file (a truncated JPEG says which)
+        ds = ImageFolder(str(d), transform=transform, loader=open_rgb)
     except (FileNotFoundError, RuntimeError) as e:
         raise DatasetError(f"{d}: {e}. Expected one sub-folder per class holding images") from e
     ds.num_classes = len(ds.classes)
