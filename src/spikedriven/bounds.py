@@ -7,7 +7,7 @@ before the work is done.
   a pickle memo) every time it is reached: "billion laughs" files stop at :data:`MAX_TREE_NODES` values
   (:func:`check_tree`);
 - an ``.npy``/``.npz`` is checked from its headers before any array is read: the zip directory's uncompressed
-  sizes against :func:`max_array_bytes`, and every ``.npy`` header's shape against the bytes really there
+  sizes (and an .npy's array) against :func:`max_array_bytes`, and every ``.npy`` header's shape against the bytes really there
   (:func:`check_numpy_file`);
 - a model's first activation is estimated before a forward pass at a user's size, and a model's parameters
   before it is built from a user's sizes, against the memory this machine has (:func:`check_fits_in_memory`).
@@ -29,7 +29,7 @@ __all__ = ["MAX_TREE_NODES", "MAX_TREE_DEPTH", "MAX_YAML_BYTES", "regular_file",
 MAX_TREE_NODES = 200_000  # values in a YAML file or a checkpoint's metadata, shared references counted each time
 MAX_TREE_DEPTH = 100
 MAX_YAML_BYTES = 4 * 2**20
-_DEFAULT_ARRAY_BYTES = 8 * 2**30
+_DEFAULT_ARRAY_BYTES = 2 * 2**30
 
 
 def _kind(mode: int) -> str:
@@ -80,11 +80,15 @@ def check_tree(obj, what: str, max_nodes: int = MAX_TREE_NODES, max_depth: int =
 
 
 def max_array_bytes() -> int:
-    """Budget for the arrays of one .npy/.npz file: ``SPIKEDRIVEN_MAX_ARRAY_BYTES`` (bytes), else 8 GiB."""
-    try:
-        return max(1, int(os.environ.get("SPIKEDRIVEN_MAX_ARRAY_BYTES", _DEFAULT_ARRAY_BYTES)))
-    except ValueError:
-        return _DEFAULT_ARRAY_BYTES
+    """Budget for the arrays of one .npy/.npz file: ``SPIKEDRIVEN_MAX_ARRAY_BYTES`` (bytes), else 2 GiB or half
+    the memory available, whichever is smaller."""
+    env = os.environ.get("SPIKEDRIVEN_MAX_ARRAY_BYTES")
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            pass
+    return min(_DEFAULT_ARRAY_BYTES, available_memory() // 2)
 
 
 def _gib(n: float) -> str:

@@ -1,4 +1,4 @@
-"""Image files as 8-bit RGB, read within a pixel budget and scaled by their bit depth.
+"""Image files as 8-bit RGB, read within a pixel budget and scaled by their bit depth; ImageNet-style folders.
 
 ``PIL.Image.convert("RGB")`` clips 16-bit and 32-bit integer images at 255 and maps float images in [0, 1] to
 0/1 (all but black): here every mode is scaled to 0..255 by its own range first:
@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from .static import DatasetError
 
-__all__ = ["MAX_PIXELS", "open_rgb", "to_rgb"]
+__all__ = ["MAX_PIXELS", "open_rgb", "to_rgb", "image_folder"]
 
 MAX_PIXELS = 2**26  # 8192 x 8192: larger than any image these models take, far below a decompression bomb
 
@@ -85,3 +86,21 @@ def open_rgb(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Im
     except (OSError, ValueError, SyntaxError, EOFError) as e:  # truncated JPEG/PNG, broken chunks
         why = " ".join(str(e).split()) or type(e).__name__
         raise DatasetError(f"{path}: damaged or truncated image ({why[:160]})") from None
+
+
+# ---------------------------------------------------------------------------------------------- ImageNet folders
+def image_folder(root: str | None, split: str, transform=None):
+    from torchvision.datasets import ImageFolder
+
+    root_p = Path(root or "./data/imagenet")
+    names = ["train"] if split == "train" else ["val", "validation", "test"]
+    d = next((root_p / n for n in names if (root_p / n).is_dir()), None)
+    if d is None:
+        raise DatasetError(f"ImageNet-style {split} folder not found under {root_p}. Expected "
+                           f"{root_p}/{'train' if split == 'train' else 'val'}/<class_name>/<image>.JPEG")
+    try:  # open_rgb: bit depth kept, pixel budget, errors naming the file (a truncated JPEG says which)
+        ds = ImageFolder(str(d), transform=transform, loader=open_rgb)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise DatasetError(f"{d}: {e}. Expected one sub-folder per class holding images") from e
+    ds.num_classes = len(ds.classes)
+    return ds
