@@ -8,7 +8,9 @@ safetensors. Every failure to read (missing, empty, truncated, random or hostile
 Loading weights into a model (:func:`load_state_into_model`, used by every path that loads weights) is strict:
 every key the model has must be present (unless partial loading is asked for explicitly), shapes must match, a
 floating-point tensor must receive floating-point values (integer buffers such as ``num_batches_tracked`` stay
-integer), and non-finite (NaN/inf) values are refused.
+integer), non-finite (NaN/inf) values are refused (float8 kinds included), BatchNorm variances must be >= 0,
+sparse/quantized tensors are refused in one line, and two keys that name one weight once ``module.`` is stripped
+are an error (never one of them kept silently).
 
 All writes are atomic (temporary file in the same folder, then ``os.replace``); the written file gets the
 permissions a plain ``open()`` would give it (``0666`` minus the umask); a failed write (e.g. a full disk) raises
