@@ -167,7 +167,7 @@ def test_frame_cache_with_a_pickle_is_rebuilt_not_run(tmp_path):
     np.savez(ev, t=np.arange(20), x=np.arange(20) % 8, y=np.arange(20) % 8, p=np.arange(20) % 2)
     ds = EventFrameDataset([ev], [0], ["0"], 2, (8, 8), cache_dir=tmp_path / "cache")
     good = ds.frames(0)
-    cached = ds.cache / "0.npy"
+    cached = ds._cache_file(0)
     assert cached.is_file()
     np.save(cached, np.array([Payload(marker)], dtype=object), allow_pickle=True)  # poisoned cache entry
     again = EventFrameDataset([ev], [0], ["0"], 2, (8, 8), cache_dir=tmp_path / "cache").frames(0)
@@ -859,3 +859,408 @@ def test_simulated_events_never_replace_a_folder_of_recordings(tmp_path):
         write_simulated_dataset(img, np.array([1, 2]), tmp_path, "train")
     assert (mine / "0.npz").read_bytes() == b"a real recording"
     assert sorted(p.name for p in (tmp_path / "events_np").iterdir()) == ["train"]  # no staging folder left
+
+# =========================================================================================== issue 23 (second sweep)
+# Exhaustion, silently wrong results and wrong messages: tiny crafted files, no real large allocation.
+def _laughs_yaml(levels: int = 9) -> str:
+    """A few hundred bytes of YAML that stand for 10**levels strings once its aliases are expanded."""
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, levels)]
+    return "\n".join(lines + ["dim: 64"]) + "\n"
+
+
+def test_yaml_billion_laughs_is_refused_quickly(tmp_path, capsys):
+    from spikedriven.config import load_yaml
+
+    f = tmp_path / "laughs.yml"
+    f.write_text(_laughs_yaml())
+    assert f.stat().st_size < 600
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="billion laughs"):
+        load_yaml(f)
+    rc, _, err = cli(capsys, "train", "-c", f, "--output", tmp_path / "runs")
+    line = one_line_error(rc, err, "laughs.yml", "shared references")
+    assert len(line) < 400 and time.perf_counter() - t0 < 20
+    assert not (tmp_path / "runs").exists()
+    # the same through --set: a value with aliases nested 7 levels (10**7 values)
+    value = "[" + ", ".join(["&b0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"] + [f"&b{i} [{', '.join([f'*b{i - 1}'] * 10)}]"
+                                                                    for i in range(1, 7)]) + "]"
+    rc, _, err = cli(capsys, "train", "--set", f"scale={value}", "--output", tmp_path / "runs")
+    one_line_error(rc, err, "--set", "shared references")
+
+
+def test_checkpoint_metadata_with_shared_references_is_refused(tmp_path, capsys):
+    import argparse
+
+    from spikedriven.checkpoint import read_checkpoint_file
+
+    tree = ["x"] * 10
+    for _ in range(30):  # 10**31 values in a 2 KB pickle: every level is one list referenced ten times
+        tree = [tree] * 10
+    f = tmp_path / "shared.pth.tar"
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "args": argparse.Namespace(x=tree), "recipe": {"a": tree}}, f)
+    assert f.stat().st_size < 10_000
+    with pytest.raises(CheckpointError, match="shared references"):
+        read_checkpoint_file(f)
+    rc, _, err = cli(capsys, "convert", f, tmp_path / "o.safetensors")
+    one_line_error(rc, err, "shared.pth.tar", "refused")
+    assert not (tmp_path / "o.safetensors").exists()
+    deep = []
+    for _ in range(200):
+        deep = [deep]
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "args": {"d": deep}}, f)
+    with pytest.raises(CheckpointError, match="nested more than"):
+        read_checkpoint_file(f)
+
+
+def _run_with_deadline(fn, unblock: Path | None = None, timeout: float = 60.0):
+    """``fn()`` in a thread; fails the test (after opening the FIFO for writing, to free the thread) if it has not
+    returned within ``timeout`` seconds."""
+    box = {}
+
+    def target():
+        try:
+            box["rc"] = fn()
+        except Exception as e:  # noqa: BLE001 - re-raised in the test's thread
+            box["error"] = e
+
+    th = threading.Thread(target=target, daemon=True)
+    th.start()
+    th.join(timeout)
+    if th.is_alive():
+        if unblock is not None:
+            os.close(os.open(unblock, os.O_WRONLY | os.O_NONBLOCK))
+        th.join(10)
+        pytest.fail("the command blocked on a FIFO")
+    if "error" in box:
+        raise box["error"]
+    return box.get("rc")
+
+
+def test_fifos_and_pipes_are_refused_without_blocking(tmp_path, capsys):
+    fifo_pt, fifo_npz, fifo_yml, fifo_png = (tmp_path / n for n in ("w.pt", "x.npz", "c.yml", "i.png"))
+    for f in (fifo_pt, fifo_npz, fifo_yml, fifo_png):
+        os.mkfifo(f)
+    cases = [(fifo_pt, ["forward", "--model", "sdt_digits_1_64", "--checkpoint", fifo_pt]),
+             (fifo_npz, ["infer", "--model", "sdt_digits_1_64", "--data", fifo_npz]),
+             (fifo_png, ["viz", "rates", "--model", "sdt_digits_1_64", "--image", fifo_png, "--out", tmp_path / "o.png"])]
+    for fifo, args in cases:
+        rc = _run_with_deadline(lambda a=args: main([str(x) for x in a]), fifo)
+        out, err = capsys.readouterr()
+        one_line_error(rc, err, str(fifo), "pipe or FIFO", "not a regular file")
+    from spikedriven.config import load_yaml
+
+    with pytest.raises(ValueError, match="not a regular file"):
+        _run_with_deadline(lambda: load_yaml(fifo_yml), fifo_yml)
+    # a process substitution <(...) is a pipe behind /dev/fd/N: named as such, not "empty (0 bytes)"
+    r, w = os.pipe()
+    try:
+        rc, _, err = cli(capsys, "convert", f"/dev/fd/{r}", tmp_path / "o.safetensors")
+        line = one_line_error(rc, err, "pipe", "not a regular file")
+        assert "empty" not in line
+    finally:
+        os.close(r), os.close(w)
+
+
+def _npy_bytes(shape, dtype="<f4", data: bytes = b"") -> bytes:
+    header = repr({"descr": dtype, "fortran_order": False, "shape": tuple(shape)}).encode()
+    header += b" " * (63 - (10 + len(header)) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + data
+
+
+def test_array_files_are_checked_from_their_headers(tmp_path, capsys, monkeypatch):
+    import zipfile
+
+    from spikedriven.bounds import check_numpy_file
+
+    # a deflated .npz that expands to 64x what the budget allows (the budget made small to keep the test tiny)
+    monkeypatch.setenv("SPIKEDRIVEN_MAX_ARRAY_BYTES", str(2**20))
+    bomb = tmp_path / "bomb.npz"
+    np.savez_compressed(bomb, frames=np.zeros((64, 1, 1, 64, 64), np.float32))
+    assert bomb.stat().st_size < 20_000
+    rc, _, err = cli(capsys, "infer", "--model", "sdt_digits_1_64", "--data", bomb)
+    one_line_error(rc, err, "bomb.npz", "expands to", "SPIKEDRIVEN_MAX_ARRAY_BYTES")
+    monkeypatch.delenv("SPIKEDRIVEN_MAX_ARRAY_BYTES")
+    # an .npy header claiming 10**12 float32 values, with 16 bytes of data: refused before numpy allocates
+    huge = tmp_path / "huge.npz"
+    with zipfile.ZipFile(huge, "w") as z:
+        z.writestr("frames.npy", _npy_bytes((10**6, 1, 1, 10**3, 10**3), data=b"\0" * 16))
+    rc, _, err = cli(capsys, "infer", "--model", "sdt_digits_1_64", "--data", huge)
+    one_line_error(rc, err, "huge.npz", "header claims", "(1000000, 1, 1, 1000, 1000)")
+    npy = tmp_path / "events.npy"
+    npy.write_bytes(_npy_bytes((10**12, 4), "<i8", b"\0" * 64))
+    with pytest.raises(ValueError, match="header claims"):
+        check_numpy_file(npy)
+    from spikedriven.data.events import read_tonic_npy
+
+    with pytest.raises(DatasetError, match="header claims"):
+        read_tonic_npy(npy)
+    ok = tmp_path / "ok.npy"
+    np.save(ok, np.arange(12).reshape(3, 4))
+    check_numpy_file(ok)  # an honest file passes
+
+
+def _png(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height 8-bit grey pixels (its data is a few bytes)."""
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("side", [9000, 100_000])  # above our budget; above PIL's own bomb limit too
+def test_image_decompression_bombs_are_one_line(tmp_path, capsys, side):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png(side, side))
+    rc, _, err = cli(capsys, "viz", "rates", "--model", "sdt_digits_1_64", "--image", bomb, "--out", tmp_path / "o.png")
+    one_line_error(rc, err, "bomb.png", "decompression bomb")
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_model_sizes_are_checked_against_memory_before_allocating(tmp_path, capsys):
+    import tracemalloc
+
+    tracemalloc.start()
+    rc, _, err = cli(capsys, "forward", "--img-size", "20000")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    one_line_error(rc, err, "--img-size 20000", "GiB of memory", "refused before allocating")
+    assert peak < 2**30
+    rc, _, err = cli(capsys, "train", "--dim", "4000000", "--output", tmp_path / "runs", "--experiment", "big")
+    one_line_error(rc, err, "embed_dim=4000000", "refused before allocating")
+    assert not (tmp_path / "runs" / "big").exists()
+
+
+# ------------------------------------------------------------------------------------------- one weight check
+def _digits_state():
+    from spikedriven import create_model
+
+    model = create_model("sdt_digits_1_64")
+    return model, {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_float8_weights_are_checked_not_crashed(tmp_path):
+    from spikedriven.checkpoint import check_state_values
+
+    model, sd = _digits_state()
+    w = "head.weight"
+    e8 = dict(sd)
+    e8[w] = sd[w].abs().clamp_min(1e-3).to(torch.float8_e8m0fnu)
+    e8[w].view(torch.uint8)[0, 0] = 255  # the E8M0 NaN encoding, which isfinite() does not see
+    with pytest.raises(CheckpointError, match="NaN/inf"):
+        check_state_values(model, e8)
+    e4 = dict(sd)
+    e4[w] = sd[w].to(torch.float8_e4m3fn)  # finite float8: checked and accepted (isfinite alone would crash)
+    check_state_values(model, e4)
+    e4[w] = e4[w].clone()
+    e4[w].view(torch.uint8)[0, 0] = 0x7F  # e4m3fn NaN
+    with pytest.raises(CheckpointError, match="NaN/inf"):
+        check_state_values(model, e4)
+
+
+def test_batchnorm_variances_must_not_be_negative(tmp_path, capsys):
+    model, sd = _digits_state()
+    var = next(k for k in sd if k.endswith("running_var"))
+    sd[var][0] = -1.0
+    path = tmp_path / "negvar.safetensors"
+    save_safetensors(sd, path)
+    rc, _, err = cli(capsys, "eval", "--model", "sdt_digits_1_64", "--checkpoint", path)
+    one_line_error(rc, err, "negative BatchNorm variances", var)
+    sd[var][0] = 0.0  # a channel that never varied: running_var decays to exactly 0, which eps keeps finite
+    save_safetensors(sd, path)
+    load_into_model(model, path)
+    assert float(model.state_dict()[var][0]) == 0.0
+
+
+def test_two_keys_for_one_weight_are_refused(tmp_path, capsys):
+    _, sd = _digits_state()
+    sd["module.head.weight"] = torch.zeros_like(sd["head.weight"])
+    path = tmp_path / "dup.pth"
+    torch.save({"state_dict": sd}, path)
+    with pytest.raises(CheckpointError, match="'head.weight' and 'module.head.weight'"):
+        load_checkpoint(path)
+    rc, _, err = cli(capsys, "eval", "--model", "sdt_digits_1_64", "--checkpoint", path)
+    one_line_error(rc, err, "module.head.weight", "refusing to pick one")
+    rc, _, err = cli(capsys, "convert", path, tmp_path / "dup.safetensors")
+    one_line_error(rc, err, "module.head.weight")
+    assert not (tmp_path / "dup.safetensors").exists()
+
+
+def test_sparse_weights_are_a_short_message(tmp_path, capsys):
+    _, sd = _digits_state()
+    sd["head.weight"] = sd["head.weight"].to_sparse()
+    path = tmp_path / "sparse.pth"
+    torch.save({"state_dict": sd}, path)
+    rc, _, err = cli(capsys, "eval", "--model", "sdt_digits_1_64", "--checkpoint", path)
+    line = one_line_error(rc, err, "head.weight", "sparse", "dense")
+    assert len(line) < 400
+
+
+def test_distillation_teacher_gets_the_weight_checks(tmp_path):
+    import timm
+
+    from spikedriven.training.losses import build_teacher
+    from spikedriven.training.recipe import resolve_recipe
+
+    teacher = timm.create_model("test_resnet", pretrained=False, num_classes=10, in_chans=3)
+    good = {k: v.clone() for k, v in teacher.state_dict().items()}
+    r = resolve_recipe("digits", {"kd_teacher": "test_resnet", "in_channels": 3}, warn=False)
+    bad_cases = {"int8": ({k: (v.to(torch.int8) if v.is_floating_point() else v) for k, v in good.items()},
+                          "wrong kind"),
+                 "NaN": ({**good, "fc.weight": torch.full_like(good["fc.weight"], float("nan"))}, "NaN/inf")}
+    for name, (sd, needle) in bad_cases.items():
+        f = tmp_path / f"teacher_{name}.safetensors"
+        save_safetensors(sd, f)
+        r["kd_teacher_checkpoint"] = str(f)
+        with pytest.raises(CheckpointError, match=needle) as e:
+            build_teacher(r, 10, "cpu")
+        assert "distillation teacher" in str(e.value)
+    f = tmp_path / "teacher.safetensors"
+    save_safetensors(good, f)
+    r["kd_teacher_checkpoint"] = str(f)
+    t = build_teacher(r, 10, "cpu")
+    assert same_weights(t.state_dict(), good) and not t.training
+
+
+# ------------------------------------------------------------------------------------------- numbers where they enter
+NUMBERS = [
+    (["energy", "--theory", "--rate", "-1"], "--rate"), (["energy", "--theory", "--rate", "2"], "--rate"),
+    (["energy", "--theory", "--rate", "nan"], "--rate"), (["energy", "--theory", "--N", "-5", "--D", "8"], "--N"),
+    (["energy", "--theory", "--e-mac", "-1"], "--e-mac"), (["energy", "--theory", "--e-ac", "nan"], "--e-ac"),
+    (["energy", "--uniform-rate", "0.1", "--sdsa-rate", "5"], "--sdsa-rate"),
+    (["energy", "--theory", "--rate-kv", "1.5"], "--rate-kv"), (["energy", "--T", "0"], "--T"),
+    (["energy", "--img-size", "0"], "--img-size"), (["energy", "--batch-size", "0"], "--batch-size"),
+    (["energy", "--batches", "0"], "--batches"), (["forward", "--batch", "0"], "--batch"),
+    (["forward", "--img-size", "0"], "--img-size"), (["viz", "attention", "--block", "-1", "--out", "x.png"], "--block"),
+    (["viz", "raster", "--n-neurons", "0", "--out", "x.png"], "--n-neurons"),
+    (["viz", "raster", "--index", "-1", "--out", "x.png"], "--index"),
+    (["infer", "--show", "-3"], "--show"), (["infer", "--threads", "0"], "--threads"),
+    (["infer", "--batch", "0"], "--batch"), (["infer", "--limit", "-1"], "--limit"),
+]
+
+
+@pytest.mark.parametrize("args, option", NUMBERS, ids=[" ".join(a) for a, _ in NUMBERS])
+def test_command_numbers_are_checked_where_they_enter(capsys, args, option):
+    rc, out, err = cli(capsys, *args)
+    line = one_line_error(rc, err, option)
+    assert "division by zero" not in line and out == ""
+
+
+def test_energy_theory_library_checks_its_numbers():
+    from spikedriven.energy.theory import analyze_87x, attention_costs
+
+    for kw, needle in [({"rate_q": -1}, "rate_q"), ({"e_ac": float("nan")}, "e_ac"), ({"N": 0}, "N = 0"),
+                       ({"rate_kv": 2.0}, "rate_kv")]:
+        with pytest.raises(ValueError, match=needle):
+            attention_costs(**{"N": 4, "D": 8, **kw})
+    with pytest.raises(ValueError, match="e_mac"):
+        analyze_87x(e_mac=-4.6)
+
+
+def test_viz_block_beyond_the_model_is_refused(tmp_path, capsys):
+    rc, _, err = cli(capsys, "viz", "attention", "--model", "sdt_digits_1_64", "--block", "5", "--data", "random",
+                     "--out", tmp_path / "a.png")
+    one_line_error(rc, err, "--block 5", "0..0")
+    assert not (tmp_path / "a.png").exists()
+
+
+def test_official_args_are_typed_strictly():
+    from spikedriven.config.official import model_kwargs_from_official
+    from spikedriven.models.factory import spec_from_checkpoint
+
+    v2 = {"model": "metaspikformer_8_384", "nb_classes": 10}
+    with pytest.raises(ValueError, match="time_steps = 2.7"):
+        spec_from_checkpoint({"args": {**v2, "time_steps": 2.7}})
+    assert spec_from_checkpoint({"args": {**v2, "kd": "False"}}).kwargs["kd"] is False
+    assert spec_from_checkpoint({"args": {**v2, "kd": True, "time_steps": 4.0}}).kwargs["T"] == 4
+    with pytest.raises(ValueError, match="kd = 'maybe'"):
+        spec_from_checkpoint({"args": {**v2, "kd": "maybe"}})
+    with pytest.raises(ValueError, match="time_steps = 2.7"):
+        model_kwargs_from_official({"dim": 64, "time_steps": 2.7})
+    with pytest.raises(ValueError, match="layer = True"):
+        model_kwargs_from_official({"dim": 64, "layer": True})
+
+
+def test_infer_labels_outside_the_classes_are_refused(tmp_path, capsys):
+    f = tmp_path / "frames.npz"
+    np.savez(f, frames=np.zeros((2, 4, 1, 8, 8), np.float32), labels=np.array([-1, 3]))
+    rc, _, err = cli(capsys, "infer", "--model", "sdt_digits_1_64", "--engine", "dense", "--data", f)
+    one_line_error(rc, err, "label -1", "0..9")
+
+
+def test_start_epoch_beyond_the_schedule_is_refused(tmp_path, capsys):
+    rc, _, err = cli(capsys, *tiny(tmp_path, "late", "--start-epoch", "1000"))
+    one_line_error(rc, err, "--start-epoch 1000", "0..1")
+    assert not (tmp_path / "late").exists()
+
+
+def test_hand_edits_to_config_yaml_are_reported_on_resume(tmp_path, capsys):
+    import yaml
+
+    assert main(tiny(tmp_path, "edit", "--epochs", "1")) == 0
+    run = tmp_path / "edit"
+    text = (run / "config.yaml").read_text()
+    lr = yaml.safe_load(text)["lr"]
+    (run / "config.yaml").write_text(text.replace(f"lr: {lr}\n", "lr: 0.5\n"))
+    capsys.readouterr()
+    rc, out, err = cli(capsys, "train", "--resume", run, "--epochs", "2", "--no-progress")
+    assert rc == 0, err
+    warn = [ln for ln in err.splitlines() if "was edited" in ln]
+    assert len(warn) == 1 and "lr: 0.5 in the file" in warn[0] and "--set KEY=VALUE" in warn[0], err
+    assert yaml.safe_load((run / "config.yaml").read_text())["lr"] == lr  # what the run really used
+
+
+# ------------------------------------------------------------------------------------------- images and events
+def test_images_are_scaled_by_their_bit_depth(tmp_path):
+    from PIL import Image
+
+    from spikedriven import create_model
+    from spikedriven.data.images import open_rgb
+    from spikedriven.training.inputs import image_inputs, recipe_for_model
+
+    levels = (np.arange(64).reshape(8, 8) * 4).astype(np.uint8)  # 0..252
+    Image.fromarray(levels).save(tmp_path / "8.png")
+    Image.fromarray(levels.astype(np.uint16) * 257).save(tmp_path / "16.png")  # 16-bit: same intensities
+    Image.fromarray(levels.astype(np.float32) / 255).save(tmp_path / "f.tif")  # float in [0, 1]
+    Image.fromarray(np.round(levels.astype(np.float64) * (2**31 - 1) / 255).astype(np.int32)).save(tmp_path / "32.tif")
+    want = np.asarray(open_rgb(tmp_path / "8.png"))
+    assert np.array_equal(want[..., 0], levels)
+    for name in ("16.png", "f.tif", "32.tif"):
+        got = np.asarray(open_rgb(tmp_path / name))
+        assert got.shape == (8, 8, 3) and np.array_equal(got, want), name
+    model = create_model("sdt_digits_1_64")
+    r = recipe_for_model(model)[0]
+    x8 = image_inputs(r, [tmp_path / "8.png"])[0]
+    x16 = image_inputs(r, [tmp_path / "16.png"])[0]
+    assert torch.equal(x8, x16)
+    Image.fromarray(np.full((4, 4), 300.0, np.float32)).save(tmp_path / "bad.tif")
+    with pytest.raises(DatasetError, match="bad.tif.*values 300..300"):
+        open_rgb(tmp_path / "bad.tif")
+
+
+def test_a_truncated_image_in_a_folder_names_its_file(tmp_path):
+    from PIL import Image
+
+    d = tmp_path / "val" / "cat"
+    d.mkdir(parents=True)
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(d / "good.jpg")
+    full = (d / "good.jpg").read_bytes()
+    (d / "broken.jpg").write_bytes(full[: len(full) // 2])
+    ds = create_dataset("imagenet", str(tmp_path), "test")
+    i = next(i for i, (p, _) in enumerate(ds.samples) if p.endswith("broken.jpg"))
+    with pytest.raises(DatasetError, match="broken.jpg.*(truncated|damaged)"):
+        ds[i]
+
+
+def test_event_frames_cache_is_keyed_by_the_file_content(tmp_path):
+    ev = tmp_path / "a.npz"
+    np.savez(ev, t=np.arange(20), x=np.arange(20) % 8, y=np.arange(20) % 8, p=np.arange(20) % 2)
+    first = EventFrameDataset([ev], [0], ["0"], 2, (8, 8), cache_dir=tmp_path / "cache").frames(0)
+    assert float(first.sum()) == 20
+    np.savez(ev, t=np.arange(50), x=np.arange(50) % 4, y=np.arange(50) % 4, p=np.zeros(50, int))  # replaced
+    again = EventFrameDataset([ev], [0], ["0"], 2, (8, 8), cache_dir=tmp_path / "cache").frames(0)
+    assert float(again.sum()) == 50 and float(again[:, 1].sum()) == 0  # the new events, not the cached frames
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 1  # the stale entry was replaced

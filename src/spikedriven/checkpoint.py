@@ -8,7 +8,9 @@ safetensors. Every failure to read (missing, empty, truncated, random or hostile
 Loading weights into a model (:func:`load_state_into_model`, used by every path that loads weights) is strict:
 every key the model has must be present (unless partial loading is asked for explicitly), shapes must match, a
 floating-point tensor must receive floating-point values (integer buffers such as ``num_batches_tracked`` stay
-integer), and non-finite (NaN/inf) values are refused.
+integer), non-finite (NaN/inf) values are refused (float8 kinds included), BatchNorm variances must be >= 0,
+sparse/quantized tensors are refused in one line, and two keys that name one weight once ``module.`` is stripped
+are an error (never one of them kept silently).
 
 All writes are atomic (temporary file in the same folder, then ``os.replace``); the written file gets the
 permissions a plain ``open()`` would give it (``0666`` minus the umask); a failed write (e.g. a full disk) raises
@@ -34,6 +36,7 @@ __all__ = [
     "load_into_model",
     "load_state_into_model",
     "check_state_values",
+    "strip_module_prefix",
     "save_safetensors",
     "atomic_save",
     "atomic_write_bytes",
@@ -82,13 +85,15 @@ def _unpickling_reason(msg: str) -> str:
 def read_checkpoint_file(path: str | os.PathLike, map_location="cpu") -> Any:
     """The object stored in ``path`` (``.safetensors``: ``{"state_dict", "_safetensors_metadata"}``), read without
     running code. Raises FileNotFoundError for a missing file and :class:`CheckpointError` for anything else."""
+    from .bounds import regular_file
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory, not a checkpoint file")
     try:
-        size = path.stat().st_size
+        size = regular_file(path, "a checkpoint", CheckpointError)  # a FIFO would block open() below
         with open(path, "rb"):
             pass
     except OSError as e:
@@ -111,7 +116,7 @@ def read_checkpoint_file(path: str | os.PathLike, map_location="cpu") -> Any:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*pickle protocol.*")
             with torch.serialization.safe_globals(SAFE_GLOBALS):
-                return torch.load(path, map_location=map_location, weights_only=True)
+                obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - re-raised with context
         import pickle
 
@@ -124,6 +129,11 @@ def read_checkpoint_file(path: str | os.PathLike, map_location="cpu") -> Any:
         else:
             why = f"it is not a PyTorch checkpoint, or it is damaged ({type(e).__name__}: {_first_line(e)})"
         raise CheckpointError(f"could not load {path} safely: {why}") from None
+    from .bounds import check_tree
+
+    # shared references in the pickle (args, recipe) cost nothing here but explode wherever they are expanded
+    check_tree(obj, f"{path}: its pickled data", error=CheckpointError)
+    return obj
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu", use_ema: bool = False) -> tuple[dict, dict]:
@@ -155,10 +165,30 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", use_ema: bool =
                               f"{sorted(map(str, raw))[:12]})")
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f"{path}: the state_dict entry is not a mapping of names to tensors")
-    sd = OrderedDict((k[len("module."):] if k.startswith("module.") else k, v) for k, v in sd.items())
+    odd = [k for k, v in sd.items() if v.layout != torch.strided or v.is_quantized]
+    if odd:
+        raise CheckpointError(f"{path}: {odd[0]!r} is a {str(sd[odd[0]].layout).replace('torch.', '')}"
+                              f"{' quantized' if sd[odd[0]].is_quantized else ''} tensor ({len(odd)} such); "
+                              f"weights are read as plain dense tensors (convert them with .to_dense() first)")
+    sd = strip_module_prefix(sd, str(path))
     if isinstance(meta.get("args"), argparse.Namespace):
         meta["args"] = vars(meta["args"])
     return sd, meta
+
+
+def strip_module_prefix(sd: dict, source: str = "state_dict") -> OrderedDict:
+    """``sd`` without the ``module.`` prefix of DataParallel/DDP; two keys that become one name (``head.weight``
+    and ``module.head.weight``) are refused: which one to keep cannot be known, and keeping either is a guess."""
+    out: OrderedDict = OrderedDict()
+    for k, v in sd.items():
+        name = k[len("module."):] if isinstance(k, str) and k.startswith("module.") else k
+        if name in out:
+            other = next(o for o in sd if o != k and (o[len("module."):] if isinstance(o, str) and
+                                                       o.startswith("module.") else o) == name)
+            raise CheckpointError(f"checkpoint {source} holds both {other!r} and {k!r}, which name the same weight "
+                                  f"once the DataParallel prefix 'module.' is removed: refusing to pick one")
+        out[name] = v
+    return out
 
 
 def _mismatch_report(model: nn.Module, sd: dict) -> tuple[list, list, list]:
@@ -177,11 +207,33 @@ def _kind(t: torch.Tensor) -> str:
     return "floating" if t.is_floating_point() else "integer"
 
 
+def _nonfinite(t: torch.Tensor) -> int:
+    """NaN/inf count of a floating tensor; float8 kinds are widened first (isfinite is not implemented for e4m3,
+    and float8_e8m0fnu's NaN is not seen by it)."""
+    if t.dtype.itemsize == 1 or t.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        t = t.to(torch.float32)
+    return int((~torch.isfinite(t)).sum())
+
+
+def _bn_running_vars(model: nn.Module) -> set[str]:
+    return {f"{n}.running_var" if n else "running_var" for n, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._NormBase) and getattr(m, "running_var", None) is not None}
+
+
 def check_state_values(model: nn.Module, sd: dict, source: str = "state_dict") -> None:
-    """Refuse values that would load silently but wrongly: a tensor of another kind than the model's (a float
-    parameter fed int8/int32/bool values, a float ``num_batches_tracked``) and NaN/inf values."""
+    """Refuse values that would load silently but wrongly: a tensor that is not a plain dense one (sparse,
+    quantized), a tensor of another kind than the model's (a float parameter fed int8/int32/bool values, a float
+    ``num_batches_tracked``), NaN/inf values (float8 kinds included) and a BatchNorm ``running_var`` below 0
+    (its square root is NaN). The one check for every state a model receives: weights, EMA, teacher."""
     own = model.state_dict()
-    kinds, bad = [], []
+    layouts = [f"{k} is {str(sd[k].layout).replace('torch.', '')}{' quantized' if sd[k].is_quantized else ''}"
+               for k in own if k in sd and (sd[k].layout != torch.strided or sd[k].is_quantized)]
+    if layouts:
+        raise CheckpointError(f"checkpoint {source} has tensors that are not plain dense arrays: "
+                              f"{'; '.join(layouts[:5])}{f' (and {len(layouts) - 5} more)' if len(layouts) > 5 else ''}"
+                              f"; the model's weights are dense (convert them with .to_dense() first)")
+    kinds, bad, neg = [], [], []
+    variances = _bn_running_vars(model)
     for k, mine in own.items():
         if k not in sd:
             continue
@@ -189,9 +241,12 @@ def check_state_values(model: nn.Module, sd: dict, source: str = "state_dict") -
         if _kind(t) != _kind(mine):
             needs = {"floating": "a floating-point", "integer": "an integer"}.get(_kind(mine), f"a {_kind(mine)}")
             kinds.append(f"{k} is {str(t.dtype).replace('torch.', '')}, the model needs {needs} tensor")
-        elif t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
-            n = int((~torch.isfinite(t)).sum())
-            bad.append(f"{k} ({n} of {t.numel()} values)")
+        elif t.is_floating_point() and t.numel():
+            n = _nonfinite(t)
+            if n:
+                bad.append(f"{k} ({n} of {t.numel()} values)")
+            elif k in variances and bool((t.to(torch.float32) < 0).any()):
+                neg.append(f"{k} ({int((t.to(torch.float32) < 0).sum())} of {t.numel()} values)")
     if kinds:
         raise CheckpointError(f"checkpoint {source} has tensors of the wrong kind: {'; '.join(kinds[:5])}"
                               f"{f' (and {len(kinds) - 5} more)' if len(kinds) > 5 else ''}; refusing to load "
@@ -200,6 +255,10 @@ def check_state_values(model: nn.Module, sd: dict, source: str = "state_dict") -
         raise CheckpointError(f"checkpoint {source} holds NaN/inf weights: {', '.join(bad[:5])}"
                               f"{f' (and {len(bad) - 5} more tensors)' if len(bad) > 5 else ''}; refusing to load "
                               f"(a diverged or corrupt model)")
+    if neg:
+        raise CheckpointError(f"checkpoint {source} has negative BatchNorm variances: {', '.join(neg[:5])}"
+                              f"{f' (and {len(neg) - 5} more tensors)' if len(neg) > 5 else ''}; refusing to load "
+                              f"(a variance is >= 0; the normalisation would give NaN)")
 
 
 def load_into_model(model: nn.Module, path: str | os.PathLike, strict: bool = True, use_ema: bool = False,

@@ -41,6 +41,43 @@ def positive_int(text: str) -> int:
     return v
 
 
+def nonneg_int(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{v} is not allowed: it must be >= 0")
+    return v
+
+
+def _number(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if v != v or v in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"{text} is not allowed: it must be a finite number")
+    return v
+
+
+def unit_float(text: str) -> float:
+    """argparse type: a rate, a finite number in [0, 1]."""
+    v = _number(text)
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"{v:g} is not allowed: a rate lies in [0, 1]")
+    return v
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (an energy per operation, ...)."""
+    v = _number(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"{v:g} is not allowed: it must be > 0")
+    return v
+
+
 class LazyChoices:
     """argparse ``choices`` computed on first use (so that building the parser does not import torch)."""
 

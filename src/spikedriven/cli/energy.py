@@ -1,7 +1,7 @@
 """``spikedriven energy``: firing rates, FLOPs/SOPs and energy per layer; ``--theory``: VSA vs SSA vs SDSA."""
 from __future__ import annotations
 
-from .common import add_model_arguments, model_from_args
+from .common import add_model_arguments, model_from_args, positive_float, positive_int, unit_float
 
 
 def register(sub) -> None:
@@ -11,26 +11,26 @@ def register(sub) -> None:
                     "FLOPs, SOPs, MAC/AC and energy. --uniform-rate R: the same report from shapes only, every "
                     "AC layer at rate R. --theory: operation counts and energy of VSA, SSA and SDSA.")
     add_model_arguments(p)
-    p.add_argument("--T", type=int, help="override the number of time steps")
-    p.add_argument("--img-size", type=int, help="input size (default: the model's)")
+    p.add_argument("--T", type=positive_int, help="override the number of time steps")
+    p.add_argument("--img-size", type=positive_int, help="input size (default: the model's)")
     p.add_argument("--data", default="random",
                    help="random, or a dataset name (digits, fashion-mnist, cifar10, ...): its test split, prepared "
                         "with the model's recipe (default: random)")
     p.add_argument("--data-root", help="dataset folder for --data NAME (default: the dataset's usual location)")
-    p.add_argument("--batches", type=int, default=2, help="batches to run (default: 2)")
-    p.add_argument("--batch-size", type=int, default=4, help="samples per batch (default: 4)")
+    p.add_argument("--batches", type=positive_int, default=2, help="batches to run (default: 2)")
+    p.add_argument("--batch-size", type=positive_int, default=4, help="samples per batch (default: 4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs / the dataset subset (default: 0)")
     p.add_argument("--no-calibrate", action="store_true",
                    help="do not calibrate BatchNorm statistics of an untrained model on the data")
-    p.add_argument("--uniform-rate", type=float, help="no data: every AC layer's input at this rate")
-    p.add_argument("--sdsa-rate", type=float, help="K*V non-zero fraction for --uniform-rate (default rate^2)")
+    p.add_argument("--uniform-rate", type=unit_float, help="no data: every AC layer's input at this rate")
+    p.add_argument("--sdsa-rate", type=unit_float, help="K*V non-zero fraction for --uniform-rate (default rate^2)")
     p.add_argument("--theory", action="store_true", help="VSA vs SSA vs SDSA comparison and the 87.2x analysis")
-    p.add_argument("--N", type=int, help="tokens for --theory (default: the model's)")
-    p.add_argument("--D", type=int, help="channels for --theory (default: the model's)")
-    p.add_argument("--rate", type=float, default=0.14, help="uniform rate for --theory")
-    p.add_argument("--rate-kv", type=float, help="K*V non-zero fraction for --theory (default rate^2)")
-    p.add_argument("--e-mac", type=float, default=4.6, help="pJ per MAC (default: 4.6, 45 nm fp32)")
-    p.add_argument("--e-ac", type=float, default=0.9, help="pJ per AC (default: 0.9, 45 nm fp32)")
+    p.add_argument("--N", type=positive_int, help="tokens for --theory (default: the model's)")
+    p.add_argument("--D", type=positive_int, help="channels for --theory (default: the model's)")
+    p.add_argument("--rate", type=unit_float, default=0.14, help="uniform rate for --theory")
+    p.add_argument("--rate-kv", type=unit_float, help="K*V non-zero fraction for --theory (default rate^2)")
+    p.add_argument("--e-mac", type=positive_float, default=4.6, help="pJ per MAC (default: 4.6, 45 nm fp32)")
+    p.add_argument("--e-ac", type=positive_float, default=0.9, help="pJ per AC (default: 0.9, 45 nm fp32)")
     p.add_argument("--first-layer-T", action="store_true", help="multiply the encoding layer's MACs by T")
     p.add_argument("--event-first-layer", choices=["ac", "mac"], default="ac",
                    help="DVS input: count the encoding layer as ACs weighted by event count (default) or MACs")
@@ -99,8 +99,14 @@ def run(args) -> int:
                                      e_ac=args.e_ac, first_layer_T=args.first_layer_T, img_size=args.img_size,
                                      **overrides)
     else:
+        from ..bounds import check_fits_in_memory, forward_bytes
+
         model, meta = model_from_args(args, **overrides)
         size = args.img_size or model.img_size
+        n_in = args.batch_size * args.batches * model.in_channels * size * size * (model.T if model.in_channels == 2
+                                                                                    else 1)
+        check_fits_in_memory(forward_bytes(model, args.batch_size, size) + 4 * n_in,
+                             f"--batch-size {args.batch_size} x --batches {args.batches} at {size}x{size}")
         batches, where = _batches(args, model, meta, size)
         if not args.no_calibrate and not bn_is_calibrated(model):
             calibrate_bn(model, batches)

@@ -1,14 +1,14 @@
 """``spikedriven forward``: one forward pass on random input: logits, per-layer firing rates, parameter count."""
 from __future__ import annotations
 
-from .common import add_model_arguments
+from .common import add_model_arguments, positive_int
 
 
 def register(sub) -> None:
     p = sub.add_parser("forward", help="one forward pass on random input: logits, firing rates, parameter count")
     add_model_arguments(p)
-    p.add_argument("--batch", type=int, default=2, help="batch size (default: 2)")
-    p.add_argument("--img-size", type=int, help="input side in pixels (default: the model's)")
+    p.add_argument("--batch", type=positive_int, default=2, help="batch size (default: 2)")
+    p.add_argument("--img-size", type=positive_int, help="input side in pixels (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the input (default: 0)")
     p.set_defaults(func=run)
 
@@ -23,6 +23,10 @@ def run(args) -> int:
     model = model_from_args(args)[0].eval()
     n_params = sum(p.numel() for p in model.parameters())
     size = args.img_size or model.img_size
+    from ..bounds import check_fits_in_memory, forward_bytes
+
+    check_fits_in_memory(forward_bytes(model, args.batch, size), f"a forward pass at --img-size {size} with "
+                         f"--batch {args.batch}")  # before the input is allocated
     if model.in_channels == 2:
         x = torch.poisson(torch.full((args.batch, model.T, 2, size, size), 0.3))
         kind = f"random event counts [B={args.batch}, T={model.T}, 2, {size}, {size}]"

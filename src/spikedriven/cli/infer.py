@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from .common import add_model_arguments, model_from_args
+from .common import add_model_arguments, model_from_args, nonneg_int, positive_int
 
 
 def register(sub) -> None:
@@ -26,16 +26,16 @@ def register(sub) -> None:
                    help="a dataset name (digits, fashion-mnist, cifar10, gesture, ...: its test split), random, image "
                         "file(s) (comma-separated) or a folder of images, or an .npz of frames ([T,C,H,W] or "
                         "[B,T,C,H,W], optional 'labels') (default: random)")
-    p.add_argument("--limit", type=int, default=256,
+    p.add_argument("--limit", type=nonneg_int, default=256,
                    help="samples from a dataset (a fixed random subset; 0 = all) or random inputs (default: 256)")
     p.add_argument("--data-dir", help="dataset folder for --data NAME (default: the recipe's, else the dataset's usual "
                                       "location)")
-    p.add_argument("--batch", type=int, default=64, help="batch size (default: 64)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--batch", type=positive_int, default=64, help="batch size (default: 64)")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--engine-backend", choices=["auto", "cpp", "numba"], default="auto",
                    help="kernels of the event engine: C++ (compiled on first use) or numba; same results "
                         "(default: auto = cpp if it builds)")
-    p.add_argument("--show", type=int, default=10, help="print the first N predictions (default: 10)")
+    p.add_argument("--show", type=nonneg_int, default=10, help="print the first N predictions (default: 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of the subset / random inputs (default: 0)")
     p.set_defaults(func=run)
 

@@ -177,9 +177,13 @@ def recipe_overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         try:
-            out[k.strip().replace("-", "_")] = yaml.safe_load(v)
+            value = yaml.safe_load(v)
         except yaml.YAMLError as e:
             why = " ".join(str(getattr(e, "problem", None) or e).split())
             raise ValueError(f"--set {item!r}: the value is not valid YAML ({why}); quote strings and close "
                              f"brackets, e.g. --set scale='[0.5, 1.0]'") from None
+        from ..bounds import check_tree
+
+        check_tree(value, f"--set {item[:60]!r}", max_nodes=100_000, max_depth=50)  # YAML aliases expanded
+        out[k.strip().replace("-", "_")] = value
     return out

@@ -1,7 +1,7 @@
 """``spikedriven viz rates|raster|attention``: pictures of a model on one input."""
 from __future__ import annotations
 
-from .common import add_model_arguments, model_from_args
+from .common import add_model_arguments, model_from_args, nonneg_int, positive_int
 
 
 def register(sub) -> None:
@@ -15,10 +15,10 @@ def register(sub) -> None:
     p.add_argument("--data", default="digits",
                    help="input when no --image is given: a dataset name (its test split) or random (default: digits)")
     p.add_argument("--data-root", help="dataset folder for --data NAME (default: the dataset's usual location)")
-    p.add_argument("--index", type=int, default=0, help="sample index in the --data test split (default: 0)")
+    p.add_argument("--index", type=nonneg_int, default=0, help="sample index in the --data test split (default: 0)")
     p.add_argument("--layer", default="block.0.attn.q_lif", help="neuron layer of the raster (default: %(default)s)")
-    p.add_argument("--n-neurons", type=int, default=64, help="neurons shown in the raster (default: 64)")
-    p.add_argument("--block", type=int, default=0, help="encoder block of the attention maps (default: 0)")
+    p.add_argument("--n-neurons", type=positive_int, default=64, help="neurons shown in the raster (default: 64)")
+    p.add_argument("--block", type=nonneg_int, default=0, help="encoder block of the attention maps (default: 0)")
     p.add_argument("--no-calibrate", action="store_true",
                    help="do not calibrate the BatchNorm statistics of an untrained model before drawing")
     p.add_argument("--out", required=True, help="output PNG")
@@ -59,6 +59,9 @@ def run(args) -> int:
     check_output(args.out, inputs=[args.checkpoint, args.config, args.image], overwrite=args.overwrite,
                  option="--out")
     model, meta = model_from_args(args)
+    depth = len(getattr(model, "block", []) or [])
+    if args.what == "attention" and depth and args.block >= depth:
+        raise ValueError(f"--block {args.block}: the model has {depth} encoder block(s), numbered 0..{depth - 1}")
     x = _load_input(args, model, meta)
     if not args.no_calibrate and not bn_is_calibrated(model):
         calibrate_bn(model, [torch.cat([x, random_inputs(model, 7, 1)[0]])])

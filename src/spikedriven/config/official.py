@@ -23,6 +23,7 @@ __all__ = [
     "official_noop_warnings",
     "OFFICIAL_TO_MODEL",
     "model_kwargs_from_official",
+    "official_value",
 ]
 
 
@@ -65,13 +66,22 @@ OFFICIAL_TO_MODEL: dict[str, tuple[str, type]] = {
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML mapping safely (no Python object tags)."""
+    """Read a YAML mapping safely: no Python object tags, a regular file of at most ``MAX_YAML_BYTES``, and at
+    most ``MAX_TREE_NODES`` values once its aliases are expanded (a "billion laughs" file is refused)."""
+    from ..bounds import MAX_YAML_BYTES, check_tree, regular_file
+
+    if regular_file(path, "a YAML config") > MAX_YAML_BYTES:
+        raise ValueError(f"{path}: {os.path.getsize(path):,} bytes is not a config (at most {MAX_YAML_BYTES:,} "
+                         f"bytes are read)")
     with open(path, encoding="utf-8") as f:
         try:
             cfg = yaml.safe_load(f)
         except yaml.YAMLError as e:
             raise ValueError(f"{path}: not valid YAML (or a Python tag, which is never run): "
-                             f"{' '.join(str(e).split())}") from None
+                             f"{' '.join(str(e).split())[:300]}") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+    check_tree(cfg, f"{path}", max_nodes=100_000, max_depth=50)
     if cfg is None:
         return {}
     if not isinstance(cfg, dict):
@@ -103,6 +113,39 @@ def model_kwargs_from_official(cfg: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(pooling, str):  # unquoted 0011 is read by YAML 1.1 as the octal integer 9
         raise ValueError(f"pooling_stat must be a quoted 4-character string such as \"0011\", got {pooling!r} "
                          f"(YAML reads unquoted digits as a number)")
-    kw = {arg: conv(g[key]) for key, (arg, conv) in OFFICIAL_TO_MODEL.items()}
+    kw = {arg: official_value(key, g[key], conv) for key, (arg, conv) in OFFICIAL_TO_MODEL.items()}
     kw.update(dvs_mode=uses_erode(str(g.get("dataset") or "")), drop_path_rate=0.0)
     return kw
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def official_value(key: str, value: Any, typ: type, source: str = "official config") -> Any:
+    """``value`` of an official key as ``typ``, strictly: a whole number for int (``time_steps: 2.7`` is refused,
+    not truncated), a number for float, true/false (or the strings "true"/"false") for bool (``"False"`` is
+    False, never ``bool("False")``), a string for str. ValueError naming the key otherwise."""
+    bad = ValueError(f"{source}: {key} = {value!r} is not {({int: 'a whole number', float: 'a number', bool: 'true or false', str: 'a string'}).get(typ, typ.__name__)}")
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+        raise bad
+    if typ is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if not isinstance(value, int):
+            raise bad
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise bad
+        return float(value)
+    if typ is str and not isinstance(value, str):
+        raise bad
+    return value

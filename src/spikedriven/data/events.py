@@ -166,6 +166,12 @@ def read_frames_npz(path, lim: int | None = None) -> tuple[np.ndarray, np.ndarra
 # ---------------------------------------------------------------------------------------------- readers
 # Arrays are read with allow_pickle=False: an object array (a pickle inside a .npy/.npz) is refused, never run.
 def _np_load(path: Path, what: str):
+    from ..bounds import check_numpy_file
+
+    try:  # a FIFO, a zip bomb or a header claiming more than the file holds: refused before numpy reads
+        check_numpy_file(path, DatasetError)
+    except PermissionError as e:
+        raise DatasetError(f"{path}: cannot read {what}: {e.strerror}") from None
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as e:
@@ -231,7 +237,8 @@ class EventFrameDataset(Dataset):
     """Samples (files, labels) of events framed into ``[T, 2, H, W]`` counts, cached on disk.
 
     The cache folder name encodes everything that affects the frames (T, split rule, sensor size, format
-    version, a hash of the file list), so changing a parameter never serves stale frames. Writes are atomic.
+    version, a hash of the file list), and each sample's cache file the size and modification time of its event
+    file, so changing a parameter or replacing a file never serves stale frames. Writes are atomic.
     """
 
     def __init__(self, files: list[Path], labels: list[int], classes: list[str], T: int, sensor: tuple[int, int],
@@ -267,6 +274,9 @@ class EventFrameDataset(Dataset):
             return None
         side = self.resize or self.H, self.resize or self.W
         try:
+            from ..bounds import check_numpy_file
+
+            check_numpy_file(cached)
             a = np.load(cached, allow_pickle=False)
         except Exception:  # noqa: BLE001 - damaged or foreign cache file
             return None
@@ -292,8 +302,18 @@ class EventFrameDataset(Dataset):
                 warnings.warn(f"frame cache {self.cache} not written ({e}); frames are rebuilt each time",
                               stacklevel=2)
 
+    def _cache_file(self, i: int) -> Path | None:
+        """Sample ``i``'s cache file, named by its event file's path, size and modification time: a replaced or
+        edited event file gets a new name, so its stale frames are never served."""
+        try:
+            st = os.stat(self.files[i])
+        except OSError:
+            return None  # the reader gives the message
+        stamp = hashlib.sha1(f"{self.files[i]}\n{st.st_size}\n{st.st_mtime_ns}".encode()).hexdigest()[:12]
+        return self.cache / f"{i}_{stamp}.npy"
+
     def frames(self, i: int) -> torch.Tensor:
-        cached = self.cache / f"{i}.npy" if self.cache else None
+        cached = self._cache_file(i) if self.cache else None
         if cached is not None:
             hit = self._read_cached(cached)
             if hit is not None:
@@ -313,6 +333,12 @@ class EventFrameDataset(Dataset):
         if self.resize and self.resize != self.H:
             out = F.interpolate(out, size=(self.resize, self.resize), mode="bilinear", align_corners=False)
         if cached is not None:
+            for old in cached.parent.glob(f"{i}_*.npy"):  # frames of an earlier version of this event file
+                if old != cached:
+                    try:
+                        old.unlink()
+                    except OSError:
+                        pass
             self._write_cache(cached, out)
         return out
 

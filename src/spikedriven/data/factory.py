@@ -11,7 +11,8 @@ from .events import EventFrameDataset, TETFolderDataset, cifar10_dvs, gesture
 from .folder import LAYOUT, FolderImages
 from .info import DATASET_INFO, canonical_name
 from .simulate import write_simulated_dataset
-from .static import cifar, digits, fashion_mnist, image_folder
+from .images import image_folder
+from .static import cifar, digits, fashion_mnist
 
 __all__ = ["create_dataset"]
 

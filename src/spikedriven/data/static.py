@@ -226,21 +226,3 @@ def cifar(name: str, root: str | None, split: str, transform=None) -> ArrayImage
         if isinstance(names, list) and len(names) == n_cls:
             classes = [c.decode() if isinstance(c, bytes) else str(c) for c in names]
     return ArrayImageDataset(np.ascontiguousarray(np.concatenate(xs)), np.concatenate(ys), classes, transform)
-
-
-# ---------------------------------------------------------------------------------------------- ImageNet folders
-def image_folder(root: str | None, split: str, transform=None):
-    from torchvision.datasets import ImageFolder
-
-    root_p = Path(root or "./data/imagenet")
-    names = ["train"] if split == "train" else ["val", "validation", "test"]
-    d = next((root_p / n for n in names if (root_p / n).is_dir()), None)
-    if d is None:
-        raise DatasetError(f"ImageNet-style {split} folder not found under {root_p}. Expected "
-                           f"{root_p}/{'train' if split == 'train' else 'val'}/<class_name>/<image>.JPEG")
-    try:
-        ds = ImageFolder(str(d), transform=transform)
-    except (FileNotFoundError, RuntimeError) as e:
-        raise DatasetError(f"{d}: {e}. Expected one sub-folder per class holding images") from e
-    ds.num_classes = len(ds.classes)
-    return ds

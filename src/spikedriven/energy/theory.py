@@ -42,6 +42,30 @@ class AttentionCost:
         return sum(t[1] for t in self.terms if t[2] == op)
 
 
+def check_theory_inputs(rate_max: float | None = 1.0, **values) -> None:
+    """One ValueError naming the first bad value: N, D, T, heads, blocks whole numbers >= 1; rates (``rate*``)
+    in [0, ``rate_max``] (None: any value >= 0, for what-if solving); energies (``e_*``) finite and > 0
+    (``e_mask`` and ``e_mul`` may be 0). None values are skipped."""
+    import math
+
+    for k, v in values.items():
+        if v is None:
+            continue
+        if k in ("N", "D", "T", "heads", "blocks"):
+            ok, need = isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a whole number >= 1"
+        elif k.startswith("rate"):
+            ok = isinstance(v, (int, float)) and math.isfinite(v) and 0 <= v <= (rate_max or math.inf)
+            need = "a rate in [0, 1]" if rate_max == 1.0 else "a finite rate >= 0"
+        elif k in ("e_mask", "e_mul"):
+            ok, need = isinstance(v, (int, float)) and math.isfinite(v) and v >= 0, "an energy >= 0 pJ"
+        elif k.startswith("e_") or k == "target":
+            ok, need = isinstance(v, (int, float)) and math.isfinite(v) and v > 0, "a finite energy > 0 pJ"
+        else:
+            continue
+        if not ok:
+            raise ValueError(f"{k} = {v!r} is not allowed: it must be {need}")
+
+
 def attention_costs(N: int, D: int, T: int = 4, rate_q: float = 0.14, rate_k: float = 0.14, rate_v: float = 0.14,
                     rate_kv: float | None = None, *, rate_in: float = 0.14, rate_out: float = 0.14, heads: int = 1,
                     include_projections: bool = False, e_mac: float = E_MAC_PJ, e_ac: float = E_AC_PJ,
@@ -56,6 +80,8 @@ def attention_costs(N: int, D: int, T: int = 4, rate_q: float = 0.14, rate_k: fl
     spiking ones (input rate ``rate_in`` for Q/K/V, ``rate_out`` for the output projection).
     ``heads=1`` follows the paper's N² terms; the model's 8 heads multiply the scale/softmax terms by 8.
     """
+    check_theory_inputs(N=N, D=D, T=T, rate_q=rate_q, rate_k=rate_k, rate_v=rate_v, rate_kv=rate_kv, rate_in=rate_in,
+                        rate_out=rate_out, heads=heads, e_mac=e_mac, e_ac=e_ac, e_mul=e_mul, e_mask=e_mask)
     e_mul = e_mac - e_ac if e_mul is None else e_mul
     rkv = rate_k * rate_v if rate_kv is None else rate_kv
     ND, N2D, N2 = N * D, N * N * D, N * N
@@ -104,6 +130,8 @@ def analyze_87x(N: int = 196, D: int = 512, T: int = 4, rate: float = 0.14, rate
     For each hypothesis: the ratio at the given rates, and the value of the one free rate that would give
     exactly ``target`` (the SDSA energy is linear in it, so it is solved in closed form).
     """
+    # a rate above 1 is a valid what-if here (the solver reports which value 87.2x would need)
+    check_theory_inputs(None, N=N, D=D, T=T, rate=rate, rate_kv=rate_kv, target=target, e_mac=e_mac, e_ac=e_ac)
     ND, N2D, N2, P = N * D, N * N * D, N * N, 4 * N * D * D
     out = []
 

@@ -115,9 +115,12 @@ def spec_from_checkpoint(meta: dict, source: str = "checkpoint") -> ModelSpec | 
             raise ValueError(f"{source}: official V2 model {args['model']!r} is not one of ours "
                              f"(sdt_v2_8_384, sdt_v2_8_512, sdt_v2_8_768)")
         spec = spec_from_name(name)
+        from ..config.official import official_value
+
         for key, arg in (("time_steps", "T"), ("nb_classes", "num_classes"), ("kd", "kd"), ("input_size", "img_size")):
-            if args.get(key) is not None:
-                spec.kwargs[arg] = bool(args[key]) if arg == "kd" else int(args[key])
+            if args.get(key) is not None:  # typed strictly: "False" is not True, 2.7 is not 2
+                spec.kwargs[arg] = official_value(key, args[key], bool if arg == "kd" else int,
+                                                  f"{source}: official args")
         spec.source = source
         return spec
     official_v3 = isinstance(args, dict) and str(args.get("model", "")).startswith("Efficient_Spiking_Transformer_")
@@ -141,7 +144,11 @@ def spec_from_checkpoint(meta: dict, source: str = "checkpoint") -> ModelSpec | 
 
 
 def instantiate(spec: ModelSpec) -> nn.Module:
+    from ..bounds import check_fits_in_memory, model_param_bytes
+
     cls = family(spec.family).cls
+    check_fits_in_memory(model_param_bytes(spec.kwargs), f"the model {spec.name or spec.source or spec.family} "
+                         f"(embed_dim={spec.kwargs.get('embed_dim')}, depth={spec.kwargs.get('depth')})")
     model = cls(**spec.kwargs)
     model.model_name = spec.name or (cls.config_name(model) if hasattr(cls, "config_name") else spec.source)
     model.model_family = spec.family

@@ -36,6 +36,7 @@ def _recipe_for(config, overrides: dict, warn: bool = True) -> Recipe:
     if config is None and resume:
         ck = read_resume_recipe(resume)
         if ck is not None:
+            report_config_edits(resume, ck, overrides)
             return recipe_of_run(ck, overrides)
     return resolve_recipe(config if config is not None else DEFAULT_CONFIG, overrides, warn=warn)
 
@@ -59,6 +60,43 @@ def read_resume_recipe(resume) -> dict | None:
     if rec is not None and not isinstance(rec, dict):
         raise CheckpointError(f"{p}: its 'recipe' entry is a {type(rec).__name__}, not a mapping of recipe keys")
     return rec
+
+
+def report_config_edits(resume, rec: dict, overrides: dict) -> list[str]:
+    """Keys of the run folder's ``config.yaml`` whose value differs from the recipe stored in the checkpoint a
+    resume continues: a hand edit there is not applied (the stored recipe is, so that the resume is exact), so
+    each one is named in a warning with the way to apply it. Keys given on the command line are not reported."""
+    import warnings
+
+    import yaml
+
+    from ..config.official import load_yaml
+    from .recipe import ALIASES
+
+    p = Path(resume)
+    f = (p if p.is_dir() else p.parent) / "config.yaml"
+    if not f.is_file():
+        return []
+    try:
+        on_disk = load_yaml(f)
+        explicit = rec.get("_explicit", ())
+        stored = yaml.safe_load(Recipe(rec, explicit=explicit if isinstance(explicit, (list, tuple)) else ())
+                                .to_yaml())
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        warnings.warn(f"{f} could not be compared with the run's recipe ({e}); the resume uses the recipe stored "
+                      f"in the checkpoint", stacklevel=3)
+        return []
+    skip = {"spikedriven_resolved", "resume", "stop_after_steps", "start_epoch", "output", "experiment"}
+    skip |= {ALIASES.get(str(k), str(k)) for k in overrides}
+    changed = [str(k) for k in sorted(set(on_disk) | set(stored), key=str)
+               if str(k) not in skip and on_disk.get(k) != stored.get(k)]
+    if changed:
+        shown = ", ".join(f"{k}: {on_disk.get(k, '(removed)')!r} in the file, {stored.get(k, '(unset)')!r} in the run"
+                          for k in changed[:6]) + (f" (and {len(changed) - 6} more)" if len(changed) > 6 else "")
+        warnings.warn(f"{f} was edited after the run wrote it ({shown}): a resume continues the recipe stored in "
+                      f"the checkpoint and rewrites config.yaml with it; to change a key on resume, give it on the "
+                      f"command line (--KEY VALUE or --set KEY=VALUE)", stacklevel=3)
+    return changed
 
 
 def train(config: str | os.PathLike | dict | None = None, datasets: dict | None = None, print_fn=print,

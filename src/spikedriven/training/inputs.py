@@ -100,8 +100,7 @@ def dataset_inputs(r: Recipe, limit: int | None = None, seed: int = 0, split: st
 
 def image_inputs(r: Recipe, paths) -> tuple[torch.Tensor, str]:
     """Image files (PNG, JPG, ...) through the recipe's evaluation transform; ``(x [N, C, H, W], description)``."""
-    from PIL import Image, UnidentifiedImageError
-
+    from ..data.images import open_rgb
     from .data import build_transforms
 
     if r.get("_is_event"):
@@ -109,12 +108,8 @@ def image_inputs(r: Recipe, paths) -> tuple[torch.Tensor, str]:
                          f"not image files")
     transform = build_transforms(r, is_event=False)[1]
     out = []
-    for p in paths:
-        try:
-            with Image.open(p) as im:
-                out.append(transform(im.convert("RGB")))
-        except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(f"{p}: not an image file PIL can read ({type(e).__name__})") from None
+    for p in paths:  # bit depth kept, pixel budget, a message naming the file (data/images.py)
+        out.append(transform(open_rgb(p)))
     if not out:
         raise ValueError("no image files given")
     return torch.stack(out), f"{len(out)} image(s)"
@@ -124,6 +119,9 @@ def event_inputs(path, model, r: Recipe | None) -> tuple[torch.Tensor, torch.Ten
     """Event frames from an .npz (``frames`` [T, C, H, W] or [B, T, C, H, W], optional ``labels`` [B]): ``(x, y,
     description)``. Frames of the model's size are used as they are; other sizes go through the recipe's event
     resize (refused without a recipe)."""
+    from ..bounds import check_numpy_file
+
+    check_numpy_file(path)  # a FIFO, a zip bomb, a header claiming more than the file holds
     try:
         with np.load(path, allow_pickle=False) as z:
             key = "frames" if "frames" in z.files else (z.files[0] if z.files else None)
@@ -151,6 +149,9 @@ def event_inputs(path, model, r: Recipe | None) -> tuple[torch.Tensor, torch.Ten
         if y.ndim != 1 or len(y) != B or not np.issubdtype(y.dtype, np.integer):
             raise ValueError(f"{path}: 'labels' must hold one integer per sample ({B}), got shape {y.shape} "
                              f"dtype {y.dtype}")
+        bad = y[(y < 0) | (y >= model.num_classes)] if hasattr(model, "num_classes") else y[y < 0]
+        if bad.size:  # a label no class has would be counted as a wrong prediction
+            raise ValueError(f"{path}: label {int(bad[0])} is not a class of the model (0..{model.num_classes - 1})")
         y = torch.as_tensor(y.astype(np.int64))
     xt = torch.from_numpy(x)
     if (H, W) != (model.img_size, model.img_size):
@@ -175,6 +176,8 @@ def random_inputs(model, n: int, seed: int = 0, size: int | None = None) -> tupl
 
 def path_inputs(data: str) -> list[Path]:
     """Image paths from a file, a comma-separated list, or a folder."""
+    from ..bounds import regular_file
+
     p = Path(data)
     if p.is_dir():
         return sorted(f for f in p.iterdir() if f.is_file())
@@ -182,4 +185,6 @@ def path_inputs(data: str) -> list[Path]:
     missing = [str(q) for q in paths if not q.exists()]
     if missing:
         raise FileNotFoundError(f"no such file: {missing[0]}")
+    for q in paths:
+        regular_file(q, "an input")  # a FIFO would block
     return paths

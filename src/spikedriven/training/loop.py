@@ -227,6 +227,9 @@ class Trainer:
             self.load_state(resume_path)
         if r.get("start_epoch") is not None:
             self.epoch, self.batch_in_epoch = int(r["start_epoch"]), 0
+            if self.epoch >= self.num_epochs:  # checked before any folder or file is made
+                raise ValueError(f"--start-epoch {self.epoch} is beyond the schedule: epochs run 0..{self.num_epochs - 1}"
+                                 f" (--epochs {self.num_epochs}), so nothing would be trained")
         self._setup_run_dir(resume_path)
 
     # -------------------------------------------------------------- set-up helpers

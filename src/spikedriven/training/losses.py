@@ -69,7 +69,7 @@ def build_teacher(r, num_classes: int, device) -> nn.Module:
     loaded from ``kd_teacher_checkpoint`` (read safely, strictly), in eval mode with gradients off."""
     import timm
 
-    from ..checkpoint import load_checkpoint
+    from ..checkpoint import load_checkpoint, load_state_into_model
 
     name, path = r.get("kd_teacher"), r.get("kd_teacher_checkpoint")
     if not name or not path:
@@ -81,7 +81,8 @@ def build_teacher(r, num_classes: int, device) -> nn.Module:
     if missing or unexpected:
         raise ValueError(f"{path} does not hold the weights of timm model {name!r} with {num_classes} classes "
                          f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
-    teacher.load_state_dict(sd, strict=True)
+    # the same checks as the student's weights: kinds, NaN/inf (float8 too), BatchNorm variances
+    load_state_into_model(teacher, sd, strict=True, source=f"{path} (distillation teacher)")
     teacher.requires_grad_(False)
     return teacher.eval().to(device)
 
