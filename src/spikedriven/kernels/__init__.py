@@ -91,6 +91,8 @@ def resolve_backend(x: torch.Tensor, backend: str = "auto", return_v: bool = Fal
                     surrogate: Surrogate | None = None, detach_reset: bool = True) -> str:
     """The backend that ``lif_multistep(x, backend=backend, ...)`` runs (raises if a forced one cannot)."""
     backend = requested_backend(backend)
+    if _exporting():  # a fused op cannot be exported: the reference loop is plain, exportable tensor ops
+        return "torch"
     if backend == "auto":
         if return_v or x.numel() == 0 or x.dtype not in _FAST_DTYPES or not fusable(surrogate, detach_reset):
             return "torch"
@@ -119,6 +121,10 @@ def resolve_backend(x: torch.Tensor, backend: str = "auto", return_v: bool = Fal
     if not _triton.is_available():
         raise RuntimeError(f"backend 'triton' is unavailable ({_triton._IMPORT_ERROR!r})")
     return "triton"
+
+
+def _exporting() -> bool:
+    return bool(torch.compiler.is_exporting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
 
 
 def _check_x(x: torch.Tensor) -> None:

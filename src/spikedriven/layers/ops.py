@@ -13,6 +13,12 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def is_exporting() -> bool:
+    """True while the forward is traced for export (torch.export / dynamo ONNX, torch.jit.trace, legacy ONNX):
+    data-dependent checks (a Python bool of a tensor) cannot be traced and are skipped there; eager calls and
+    ``torch.compile`` keep them."""
+    return bool(torch.compiler.is_exporting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
+
 
 def seq(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Apply a per-frame module (conv, BN, pool) to a ``[T, B, ...]`` tensor by folding T into the batch."""
@@ -61,7 +67,7 @@ def time_major_input(x: torch.Tensor, T: int, in_channels: int, stride: int, cha
             f"event input [B, T, C, H, W] must have T={T} frames (dim 1), got {x.shape[1]}; "
             f"re-frame the events or build the model with T={x.shape[1]}"
         )
-    if not x.is_meta and not torch.isfinite(x).all():
+    if not x.is_meta and not is_exporting() and not torch.isfinite(x).all():
         bad = (~torch.isfinite(x)).sum().item()
         raise ValueError(f"input contains {bad} NaN/inf value(s); the network needs finite inputs")
     xt = x.unsqueeze(0).expand(T, *x.shape) if x.ndim == 4 else x.transpose(0, 1)
