@@ -356,29 +356,27 @@ def plot_linear_attention_maps(model: nn.Module, image: torch.Tensor, path, bloc
     heads = min(cap["q"].shape[0], max_heads)
     cols = (("q", "Q spikes"), ("k", "K spikes"), ("contribution", "|K||V|: added to KᵀV"), ("out", "output spikes"))
     cmap = _heat(plt)
-    fig = plt.figure(figsize=(2.2 * (len(cols) + 1) + 1.0, 2.2 * heads + 1.4))
-    gs = fig.add_gridspec(heads, len(cols) + 1, width_ratios=[1] * (len(cols) + 1))
+    fig = plt.figure(figsize=(2.2 * (len(cols) + 1) + 0.6, 2.2 * heads + 1.9))
+    gs = fig.add_gridspec(heads + 1, len(cols) + 1, height_ratios=[1] * heads + [0.07])
     ax = fig.add_subplot(gs[0, 0])
     ax.imshow(disp, cmap="gray")
     ax.set_title("input", fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
     for c, (key, label) in enumerate(cols, start=1):
-        vmax = max(1.0, float(cap[key][:heads].max()))
-        norm = colors.Normalize(0, vmax)
+        norm = colors.Normalize(0, max(1.0, float(cap[key][:heads].max())))  # one scale per column
         for h in range(heads):
             a = fig.add_subplot(gs[h, c])
             _overlay(a, disp, cap[key][h], cap["grid"], cmap, norm, alpha)
             a.set_title(f"head {h}: {label}\n{int(cap[key][h].sum())} in all", fontsize=8)
-        fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=fig.axes[-heads:], shrink=0.8, location="bottom",
-                     pad=0.02, aspect=15)
-    steps = f"summed over T={cap['T']}" if cap["T"] > 1 else "T=1"
-    _title(fig, f"Linear spike attention SN(Q(KᵀV)·0.125) of {cap['name']} ({_model_name(model)}): per head, "
-                f"per token of the {cap['grid'][0]}x{cap['grid'][1]} map over the {H}x{W} input, {steps}",
+        cb = fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), cax=fig.add_subplot(gs[heads, c]),
+                          orientation="horizontal")
+        cb.ax.tick_params(labelsize=7)
+    steps = f"summed over T={cap['T']} steps" if cap["T"] > 1 else "T=1"
+    _title(fig, f"Linear spike attention SN(Q(KᵀV)·0.125) of {cap['name']} ({_model_name(model)}), per head and "
+                f"token of the {cap['grid'][0]}x{cap['grid'][1]} map over the {H}x{W} input, {steps}",
            fig.get_figwidth())
-    fig.savefig(path, dpi=110)  # colorbars placed by location: no tight_layout
-    _plt().close(fig)
-    return path
+    return _save(fig, path, 110)
 
 
 # attention class name (layers.attention registry) -> its picture; a new attention adds one line

@@ -22,6 +22,10 @@ Backends:
   CUDA tensors if Triton imports (otherwise ``torch``), ``torch`` for other devices and dtypes (e.g. float64),
   for empty tensors and when ``return_v=True`` (the membrane trace comes from the reference).
 
+While a model is traced or exported (``torch.jit.trace``, ``torch.onnx.export``, ``torch.export``) every call runs
+the reference whatever the backend asked for: a fused op cannot be written into the exported file, and the
+reference computes the same spikes with plain tensor ops.
+
 Environment variable ``SPIKEDRIVEN_LIF_BACKEND`` (``torch`` | ``cpp`` | ``triton`` | ``auto``): when set, it
 replaces ``backend="auto"`` in every call, i.e. it forces one backend globally (e.g. ``SPIKEDRIVEN_LIF_BACKEND=torch``
 turns every fast path off). A backend passed explicitly by the caller takes precedence over the variable. A forced
