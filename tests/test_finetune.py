@@ -96,29 +96,38 @@ def _three_digits(cfg):
     return {k: [s for s in (ds[i] for i in range(len(ds))) if s[1] < 3] for k, ds in build_datasets(r).items()}
 
 
-@pytest.mark.parametrize("family", ["sdt", "sdt_v2"])
-def test_finetuning_run_learns_a_new_three_class_task(tmp_path, family):
-    cfg = dict(TINY)
-    if family == "sdt_v2":
-        for k in ("dim", "layer", "num_heads", "time_steps", "img_size", "pooling_stat"):
-            cfg.pop(k)
-        cfg.update(model="sdt_v2_digits_8_64", embed_dims=[8, 8, 16, 16], max_train_samples=48)
-    quiet = lambda *_: None  # noqa: E731
-    base = train(dict(cfg), output=str(tmp_path), experiment="base", print_fn=quiet)
+def _v2(cfg):
+    cfg = {k: v for k, v in cfg.items() if k not in ("dim", "layer", "num_heads", "time_steps", "img_size",
+                                                     "pooling_stat")}
+    return dict(cfg, model="sdt_v2_digits_8_64", embed_dims=[8, 8, 16, 16], max_train_samples=48)
+
+
+def _finetuner(tmp_path, cfg, base_epochs=2, **ft):
+    """(trainer fine-tuning a 10-class base run on digits 0-2, the base checkpoint's state_dict, its lines)."""
+    base = train(dict(cfg, epochs=base_epochs), output=str(tmp_path), experiment="base", print_fn=lambda *_: None)
     ck = Path(base["run_dir"]) / "last.pt"
     lines = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConfigWarning)
-        r = resolve_recipe(dict(cfg, num_classes=3, epochs=3, max_train_samples=None, max_eval_samples=None,
-                                initial_checkpoint=str(ck), output=str(tmp_path), experiment="ft"))
+        r = resolve_recipe(dict(cfg, **{"num_classes": 3, "epochs": 3, "max_train_samples": None,
+                                        "max_eval_samples": None, "initial_checkpoint": str(ck),
+                                        "output": str(tmp_path), "experiment": "ft", **ft}))
     trainer = Trainer(r, datasets=_three_digits(cfg), print_fn=lines.append)
+    return trainer, torch.load(ck, map_location="cpu", weights_only=True)["state_dict"], lines
+
+
+def _starts_from_backbone(trainer, base_sd, head_keys=("head",)):
+    own = trainer.model.state_dict()
+    backbone = [k for k in own if k.split(".")[0] not in head_keys]
+    assert len(backbone) > 20 and all(torch.equal(own[k], base_sd[k]) for k in backbone)
+    for h in head_keys:
+        assert own[f"{h}.weight"].shape[0] == 3 and base_sd[f"{h}.weight"].shape[0] == 10
+
+
+def test_finetuning_run_learns_a_new_three_class_task(tmp_path):
+    trainer, base_sd, lines = _finetuner(tmp_path, TINY)
     try:
-        # before any step: the backbone is the checkpoint's, the head is new
-        base_sd = torch.load(ck, map_location="cpu", weights_only=True)["state_dict"]
-        own = trainer.model.state_dict()
-        backbone = [k for k in own if not k.startswith("head")]
-        assert len(backbone) > 20 and all(torch.equal(own[k], base_sd[k]) for k in backbone)
-        assert trainer.model.head.out_features == 3 and base_sd["head.weight"].shape[0] == 10
+        _starts_from_backbone(trainer, base_sd)  # before any step: the checkpoint's backbone, a new head
         ft = trainer.fit()
     finally:
         trainer.close()
@@ -126,6 +135,27 @@ def test_finetuning_run_learns_a_new_three_class_task(tmp_path, family):
     assert len(note) == 1 and "10 classes" in note[0] and "has 3" in note[0], lines
     # the new task is learnt well above chance (1/3) in three short epochs
     assert ft["top1"] > 60.0, ft["top1"]
+
+
+def test_v2_finetuning_trainer_starts_from_the_backbone(tmp_path):
+    trainer, base_sd, lines = _finetuner(tmp_path, _v2(TINY), base_epochs=1)
+    try:
+        _starts_from_backbone(trainer, base_sd)
+    finally:
+        trainer.close()
+
+
+@pytest.mark.slow
+def test_v2_finetuning_run_learns(tmp_path):
+    """V2 (digits_v2 widths): the training loss of the 3-class task falls well below chance level ln 3 = 1.10."""
+    cfg = dict(_v2(TINY), embed_dims=[16, 32, 64, 80], lr=5e-3, warmup_epochs=0, max_train_samples=128)
+    trainer, base_sd, lines = _finetuner(tmp_path, cfg, base_epochs=1)
+    try:
+        _starts_from_backbone(trainer, base_sd)
+        ft = trainer.fit()
+    finally:
+        trainer.close()
+    assert ft["train_loss"] < 0.9, ft["train_loss"]
 
 
 def test_cli_init_from_with_other_classes_names_the_head(tmp_path, capsys):

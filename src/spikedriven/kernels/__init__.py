@@ -55,6 +55,7 @@ __all__ = [
     "requested_backend",
     "resolve_backend",
     "fusable",
+    "is_exporting",
     "lif_multistep",
     "plif_multistep",
     "lif_reference",
@@ -95,7 +96,7 @@ def resolve_backend(x: torch.Tensor, backend: str = "auto", return_v: bool = Fal
                     surrogate: Surrogate | None = None, detach_reset: bool = True) -> str:
     """The backend that ``lif_multistep(x, backend=backend, ...)`` runs (raises if a forced one cannot)."""
     backend = requested_backend(backend)
-    if _exporting():  # a fused op cannot be exported: the reference loop is plain, exportable tensor ops
+    if is_exporting():  # a fused op cannot be exported: the reference loop is plain, exportable tensor ops
         return "torch"
     if backend == "auto":
         if return_v or x.numel() == 0 or x.dtype not in _FAST_DTYPES or not fusable(surrogate, detach_reset):
@@ -127,7 +128,9 @@ def resolve_backend(x: torch.Tensor, backend: str = "auto", return_v: bool = Fal
     return "triton"
 
 
-def _exporting() -> bool:
+def is_exporting() -> bool:
+    """True while a forward is traced for export (torch.export / dynamo ONNX, torch.jit.trace, TorchScript-based
+    ONNX). Eager calls and ``torch.compile`` are not exporting."""
     return bool(torch.compiler.is_exporting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
 
 

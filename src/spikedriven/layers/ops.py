@@ -12,12 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels import is_exporting  # data-dependent input checks are skipped while exporting
 
-def is_exporting() -> bool:
-    """True while the forward is traced for export (torch.export / dynamo ONNX, torch.jit.trace, legacy ONNX):
-    data-dependent checks (a Python bool of a tensor) cannot be traced and are skipped there; eager calls and
-    ``torch.compile`` keep them."""
-    return bool(torch.compiler.is_exporting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
 
 
 def seq(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
