@@ -158,6 +158,10 @@ def test_v2_finetuning_run_learns(tmp_path):
     assert ft["train_loss"] < 0.9, ft["train_loss"]
 
 
+def _yaml(v):
+    return "null" if v is None else f'"{v}"' if isinstance(v, str) else str(v)
+
+
 def test_cli_init_from_with_other_classes_names_the_head(tmp_path, capsys):
     from spikedriven.cli import main
 
@@ -165,7 +169,7 @@ def test_cli_init_from_with_other_classes_names_the_head(tmp_path, capsys):
     ck = Path(base["run_dir"]) / "last.pt"
     args = ["train", "--output", str(tmp_path), "--experiment", "ft", "--init-from", str(ck), "--num-classes",
             "12", "--epochs", "1"] + [a for k, v in TINY.items() if k not in ("epochs",)
-                                      for a in ("--set", f"{k}={v if v is not None else 'null'}")]
+                                      for a in ("--set", f"{k}={_yaml(v)}")]
     assert main(args) == 0
     out = capsys.readouterr().out
     line = [ln for ln in out.splitlines() if ln.startswith("fine-tuning:")]
