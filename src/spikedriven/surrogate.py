@@ -90,4 +90,6 @@ class _SpikeFn(torch.autograd.Function):
 
 def spike_fn(x: torch.Tensor, surrogate: Surrogate) -> torch.Tensor:
     """Heaviside (x >= 0) forward, ``surrogate.derivative`` backward."""
+    if torch.jit.is_tracing() or torch.compiler.is_exporting():  # a traced file holds no Python autograd Function
+        return (x >= 0).to(x.dtype)  # the same forward values; an exported model is for inference
     return _SpikeFn.apply(x, surrogate)

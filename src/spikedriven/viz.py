@@ -4,17 +4,20 @@ All functions write a PNG with matplotlib's non-interactive Agg backend and retu
 """
 from __future__ import annotations
 
+import difflib
+import textwrap
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers.attention import SpikeDrivenSelfAttention
+from .layers.attention import Attention, SpikeDrivenSelfAttention
 from .neuron import neurons as neuron_layers
 from .probe import run_observed
 
-__all__ = ["plot_firing_rates", "plot_spike_raster", "capture_attention", "plot_attention_maps"]
+__all__ = ["plot_firing_rates", "plot_spike_raster", "capture_attention", "plot_attention_maps", "attention_modules",
+           "default_raster_layer", "ATTENTION_PICTURES"]
 
 
 def _plt():
@@ -39,6 +42,41 @@ def _save(fig, path, dpi: int):
     finally:
         _plt().close(fig)
     return path
+
+
+def _title(ax_or_fig, text: str, width_in: float, fontsize: float = 10, **kw):
+    """A title wrapped to the width it has (about 0.55 em per character), so it never runs off the figure."""
+    chars = max(20, int(width_in * 72 / (fontsize * 0.55)))
+    text = "\n".join(textwrap.fill(part, chars) for part in text.split("\n"))
+    if hasattr(ax_or_fig, "suptitle"):
+        return ax_or_fig.suptitle(text, fontsize=fontsize, **kw)
+    return ax_or_fig.set_title(text, fontsize=fontsize, **kw)
+
+
+def attention_modules(model: nn.Module) -> list[tuple[str, Attention]]:
+    """``(name, module)`` of every registered attention of ``model``, in module (= depth) order, any family."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, Attention)]
+
+
+def _attention(model: nn.Module, block: int) -> tuple[str, Attention]:
+    mods = attention_modules(model)
+    if not mods:
+        raise ValueError(f"{getattr(model, 'model_name', type(model).__name__)} has no attention block")
+    if not 0 <= block < len(mods):
+        raise ValueError(f"--block {block}: the model has {len(mods)} attention blocks, 0..{len(mods) - 1} "
+                         f"({mods[0][0]} ... {mods[-1][0]})")
+    return mods[block]
+
+
+def default_raster_layer(model: nn.Module) -> str:
+    """The raster's default neuron: the first attention's Q neuron, else the model's first neuron."""
+    names = [n for n, _ in neuron_layers(model)]
+    if not names:
+        raise ValueError("the model has no spiking neuron")
+    mods = attention_modules(model)
+    if mods and f"{mods[0][0]}.q_lif" in names:
+        return f"{mods[0][0]}.q_lif"
+    return names[0]
 
 
 _KIND_COLORS = {"conv": "tab:blue", "linear": "tab:green", "sdsa": "tab:red", "matmul": "tab:purple"}
@@ -83,52 +121,82 @@ def plot_firing_rates(report, path, title: str | None = None):
         handles.append(plt.Line2D([], [], marker="o", ls="", color="k", markersize=3))
         labels.append("rate at each time step")
     ax.legend(handles, labels, fontsize=8, loc="lower right")
-    ax.set_title(title or f"{report.model}: input firing rate per layer, T={report.T}, "
-                          f"{report.n_samples or 'no'} sample{'' if report.n_samples == 1 else 's'}; energy {energy_str(report.total_mj)} per sample",
-                 fontsize=10)
+    _title(ax, title or f"{report.model}: input firing rate per layer, T={report.T}, {report.n_samples or 'no'} "
+                        f"sample{'' if report.n_samples == 1 else 's'}; energy {energy_str(report.total_mj)} per sample",
+           fig.get_figwidth() - 2.5)
     return _save(fig, path, 120)
 
 
-@torch.no_grad()
-def plot_spike_raster(model: nn.Module, x: torch.Tensor, layer_name: str, path, n_neurons: int = 64,
-                      sample: int = 0, neurons: list[int] | None = None, seed: int = 0):
-    """Spike raster of ``n_neurons`` neurons of the neuron module ``layer_name`` (a LIF/ParametricLIF) on input x.
+def _check_layer(model: nn.Module, layer_name: str | None) -> tuple[str, nn.Module]:
+    mods = dict(neuron_layers(model))
+    layer_name = layer_name or default_raster_layer(model)
+    if layer_name not in mods:
+        close = difflib.get_close_matches(layer_name, list(mods), n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else f"e.g. {', '.join(list(mods)[:3])}"
+        raise KeyError(f"{layer_name!r} is not a neuron layer of this model ({len(mods)} neuron layers; {hint} "
+                       f"`spikedriven forward --model NAME --rates` lists them)")
+    return layer_name, mods[layer_name]
 
-    The neuron's output ``[T, B, ...]`` is captured with a forward hook. Neurons are ``neurons`` (flat indices
-    into one sample's output) or, by default, a random choice among those that fired at least once (padded
-    with silent ones when too few fired).
+
+def _pick(active_of: torch.Tensor, k: int, seed: int) -> list[int]:
+    """``k`` neuron indices, at random among those that fired (padded with silent ones when too few fired)."""
+    g = torch.Generator().manual_seed(seed)
+    active = torch.nonzero(active_of > 0).flatten()
+    silent = torch.nonzero(active_of == 0).flatten()
+    k = min(k, active_of.numel())
+    pick = active[torch.randperm(len(active), generator=g)[:k]]
+    if len(pick) < k:
+        pick = torch.cat([pick, silent[torch.randperm(len(silent), generator=g)[:k - len(pick)]]])
+    return sorted(pick.tolist())
+
+
+@torch.no_grad()
+def plot_spike_raster(model: nn.Module, x: torch.Tensor, layer_name: str | None, path, n_neurons: int = 64,
+                      sample: int = 0, neurons: list[int] | None = None, seed: int = 0):
+    """Spike raster of ``n_neurons`` neurons of the neuron module ``layer_name`` (default: the first attention's
+    Q neuron, see :func:`default_raster_layer`) on input x.
+
+    The neuron's output ``[T, B, ...]`` is captured with a forward hook. With T > 1: neurons (flat indices into
+    one sample's output) against time steps. With T = 1 (one step, e.g. V2 models) a time axis would be one column,
+    so the picture is channels against tokens instead (a neuron is a channel at a token). Neurons are ``neurons``
+    or, by default, a random choice among those that fired at least once (padded with silent ones).
     """
     plt = _plt()
-    mods = dict(neuron_layers(model))
-    if layer_name not in mods:
-        raise KeyError(f"{layer_name!r} is not a neuron module; choose one of: {', '.join(mods)}")
+    layer_name, mod = _check_layer(model, layer_name)
     cap = {}
-    run_observed(model, [x], post=[(mods[layer_name], lambda m, a, o: cap.__setitem__("s", o.detach()))])
+    run_observed(model, [x], post=[(mod, lambda m, a, o: cap.__setitem__("s", o.detach()))])
     if "s" not in cap:
         raise RuntimeError(f"neuron {layer_name!r} did not run in this forward pass")
     s = cap["s"]  # [T, B, ...]
     T = s.shape[0]
-    flat = s[:, sample].reshape(T, -1).float()  # [T, neurons]
-    if neurons is None:
-        g = torch.Generator().manual_seed(seed)
-        active = torch.nonzero(flat.sum(0) > 0).flatten()
-        silent = torch.nonzero(flat.sum(0) == 0).flatten()
-        k = min(n_neurons, flat.shape[1])
-        pick = active[torch.randperm(len(active), generator=g)[:k]]
-        if len(pick) < k:
-            pick = torch.cat([pick, silent[torch.randperm(len(silent), generator=g)[:k - len(pick)]]])
-        neurons = sorted(pick.tolist())
-    sel = flat[:, neurons]  # [T, k]
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * T + 3), max(3.0, 0.06 * len(neurons) + 1.5)))
-    ts, ns = torch.nonzero(sel, as_tuple=True)
-    ax.scatter(ts.numpy(), ns.numpy(), marker="|", s=120, color="k")
-    ax.set_xlim(-0.5, T - 0.5)
-    ax.set_ylim(-0.5, len(neurons) - 0.5)
-    ax.set_xticks(range(T))
-    ax.set_xlabel("time step")
-    ax.set_ylabel(f"neuron (of {flat.shape[1]} in the layer)")
-    ax.set_title(f"{layer_name}: spikes of {len(neurons)} neurons, sample {sample}, "
-                 f"layer rate {float(flat.mean()):.3f}", fontsize=9)
+    one = s[:, sample].float()
+    if T == 1 and one.ndim >= 3:  # [1, C, tokens...]: channels x tokens
+        grid = one[0].reshape(one.shape[1], -1)  # [C, N]
+        chans = neurons if neurons is not None else _pick(grid.sum(1), n_neurons, seed)
+        sel = grid[chans]
+        C, N = grid.shape
+        fig, ax = plt.subplots(figsize=(min(12.0, max(5.0, 0.09 * N + 2.5)), max(3.0, 0.06 * len(chans) + 1.8)))
+        ax.imshow(sel.numpy(), aspect="auto", cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_xlabel(f"token (of {N}, row-major over the {'x'.join(map(str, one.shape[2:]))} map)"
+                      if one.ndim > 3 else f"token (of {N})")
+        ax.set_ylabel(f"channel (of {C})")
+        ax.set_yticks([])
+        what = f"{len(chans)} channels x {N} tokens (T=1: one time step, so tokens instead of time)"
+    else:
+        flat = one.reshape(T, -1)  # [T, neurons]
+        chosen = neurons if neurons is not None else _pick(flat.sum(0), n_neurons, seed)
+        sel = flat[:, chosen]  # [T, k]
+        fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * T + 3), max(3.0, 0.06 * len(chosen) + 1.8)))
+        ts, ns = torch.nonzero(sel, as_tuple=True)
+        ax.scatter(ts.numpy(), ns.numpy(), marker="|", s=120, color="k")
+        ax.set_xlim(-0.5, T - 0.5)
+        ax.set_ylim(-0.5, len(chosen) - 0.5)
+        ax.set_xticks(range(T))
+        ax.set_xlabel("time step")
+        ax.set_ylabel(f"neuron (of {flat.shape[1]} in the layer)")
+        what = f"{len(chosen)} neurons over T={T} steps"
+    _title(ax, f"{layer_name}: spikes of {what}, sample {sample}, layer rate {float(one.mean()):.3f}",
+           fig.get_figwidth() - 1.0, fontsize=9)
     return _save(fig, path, 120)
 
 
@@ -139,9 +207,9 @@ def capture_attention(model: nn.Module, image: torch.Tensor, block: int = 0) -> 
     Returns ``channel_mask`` [T, D] (the talking_heads_lif output, flattened over heads), ``q`` [T, N, D]
     (Q spikes), ``q_masked`` [T, N, D] (the mask_q output Q⊙mask) and ``grid`` (H', W') of the token map.
     """
-    attn = model.block[block].attn
+    _, attn = _attention(model, block)
     if not isinstance(attn, SpikeDrivenSelfAttention):
-        raise ValueError(f"attention maps need the SDSA attention (attn_mode='sdsa'), got {type(attn).__name__}")
+        raise ValueError(f"SDSA maps need the SDSA attention (attn_mode='sdsa'), got {type(attn).__name__}")
     cap = {}
 
     def on_mask(m, a, o):
@@ -164,8 +232,48 @@ def capture_attention(model: nn.Module, image: torch.Tensor, block: int = 0) -> 
             "grid": (Hp, Wp)}
 
 
-def plot_attention_maps(model: nn.Module, image: torch.Tensor, path, block: int = 0, alpha: float = 0.75):
-    """Fig. 3 style picture of SDSA in ``block`` for one image ([C,H,W], [1,C,H,W] or events [T,C,H,W]/[1,T,...]).
+def _batched(model: nn.Module, image: torch.Tensor) -> torch.Tensor:
+    """One image ([C,H,W] or events [T,C,H,W]) as a batch of one; a batch is returned as is."""
+    events = getattr(model, "in_channels", 3) == 2
+    if image.ndim == 3 or (image.ndim == 4 and events and image.shape[0] == getattr(model, "T", -1)
+                           and image.shape[1] == 2):
+        return image.unsqueeze(0)  # add the batch axis: [1,C,H,W] or [1,T,C,H,W]
+    return image
+
+
+def _background(img: torch.Tensor) -> np.ndarray:
+    """Sample 0 of a batch as a [0, 1] grey picture (events: total counts)."""
+    disp = img[0]
+    if disp.ndim == 4:  # events [T, C, H, W]
+        disp = disp.sum(0)
+    disp = disp.float().mean(0)
+    return ((disp - disp.min()) / (disp.max() - disp.min() + 1e-8)).numpy()
+
+
+def _heat(plt):
+    from matplotlib import colors
+
+    return colors.LinearSegmentedColormap.from_list("heat", plt.get_cmap("plasma")(np.linspace(0.25, 1.0, 64)))
+
+
+def _overlay(ax, disp: np.ndarray, tok: torch.Tensor, grid, cmap, norm, alpha: float = 0.75) -> None:
+    """A per-token map over the input in mid greys; transparent where the map is 0 (no spike)."""
+    H, W = disp.shape
+    heat = F.interpolate(tok.float().reshape(1, 1, *grid), size=(H, W), mode="nearest")[0, 0].numpy()
+    rgba = cmap(norm(heat))
+    rgba[..., 3] = alpha * (heat > 0)
+    ax.imshow(0.15 + 0.5 * disp, cmap="gray", vmin=0, vmax=1)  # bright and dark colours both stand out
+    ax.imshow(rgba)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _model_name(model) -> str:
+    return getattr(model, "model_name", None) or type(model).__name__
+
+
+def plot_sdsa_maps(model: nn.Module, image: torch.Tensor, path, block: int = 0, alpha: float = 0.75):
+    """Fig. 3 style picture of SDSA (V1) in attention ``block`` for one image.
 
     Top: the input and the binary channel mask SN(SUM_tokens(K⊙V)) as a (time x channel) strip.
     Below, one column per time step: Q spikes per token (summed over channels), then Q⊙mask (what survives the
@@ -175,34 +283,15 @@ def plot_attention_maps(model: nn.Module, image: torch.Tensor, path, block: int 
     from matplotlib import cm, colors
 
     plt = _plt()
-    img = image
-    events = getattr(model, "in_channels", 3) == 2
-    if img.ndim == 3 or (img.ndim == 4 and events and img.shape[0] == getattr(model, "T", -1) and img.shape[1] == 2):
-        img = img.unsqueeze(0)  # add the batch axis: [1,C,H,W] or [1,T,C,H,W]
+    img = _batched(model, image)
     cap = capture_attention(model, img, block)
-    disp = img[0]
-    if disp.ndim == 4:  # events [T, C, H, W]: total counts
-        disp = disp.sum(0)
-    disp = disp.float().mean(0)  # grey background
-    disp = ((disp - disp.min()) / (disp.max() - disp.min() + 1e-8)).numpy()
+    disp = _background(img)
     H, W = disp.shape
-    dim = 0.15 + 0.5 * disp  # the image in mid greys under the heat: bright and dark colours both stand out
     T = cap["q"].shape[0]
-    Hp, Wp = cap["grid"]
+    grid = cap["grid"]
     maps = {key: [cap[key][t].sum(-1).float() for t in range(T)] for key in ("q", "q_masked")}
     vmax = max(1.0, *(float(m.max()) for ms in maps.values() for m in ms))
-    norm = colors.Normalize(0, vmax)
-    cmap = colors.LinearSegmentedColormap.from_list("heat", plt.get_cmap("plasma")(np.linspace(0.25, 1.0, 64)))
-
-    def overlay(ax, tok):
-        heat = F.interpolate(tok.reshape(1, 1, Hp, Wp), size=(H, W), mode="nearest")[0, 0].numpy()
-        rgba = cmap(norm(heat))
-        rgba[..., 3] = alpha * (heat > 0)  # no spike: transparent
-        ax.imshow(dim, cmap="gray", vmin=0, vmax=1)
-        ax.imshow(rgba)
-        ax.set_xticks([])
-        ax.set_yticks([])
-
+    norm, cmap = colors.Normalize(0, vmax), _heat(plt)
     cols = max(T, 2)
     fig = plt.figure(figsize=(2.3 * cols + 1.2, 7.0))
     gs = fig.add_gridspec(3, cols + 1, width_ratios=[1] * cols + [0.08], height_ratios=[1, 1, 1])
@@ -224,10 +313,90 @@ def plot_attention_maps(model: nn.Module, image: torch.Tensor, path, block: int 
             # T = 1: Q and Q⊙mask side by side in one row, no empty panels
             r, c = (row, t) if T > 1 else (1, row - 1)
             a = fig.add_subplot(gs[r, c])
-            overlay(a, maps[key][t])
+            _overlay(a, disp, maps[key][t], grid, cmap, norm, alpha)
             a.set_title(f"{name}, t={t}: {int(maps[key][t].sum())} spikes", fontsize=8)
     cax = fig.add_subplot(gs[1:, cols])
     fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), cax=cax, label="spikes per token (summed over channels)")
-    fig.suptitle(f"SDSA of block {block} ({model.model_name if hasattr(model, 'model_name') else 'model'}): token map "
-                 f"{Hp}x{Wp} over the {H}x{W} input", fontsize=10)
+    _title(fig, f"SDSA of block {block} ({_model_name(model)}): token map {grid[0]}x{grid[1]} over the {H}x{W} "
+                f"input", fig.get_figwidth())
     return _save(fig, path, 110)
+
+
+@torch.no_grad()
+def capture_linear_attention(model: nn.Module, image: torch.Tensor, block: int = 0) -> dict:
+    """V2's linear spike attention (``SpikeLinearAttention``) in attention ``block`` on ``image`` (a batch),
+    sample 0, summed over time steps. Per head h and token n (maps ``[h, N]``): ``q``, ``k`` (spikes over the
+    head's d lanes), ``contribution`` (|K_n| |V_n|: the coincidence counts token n adds to the head's K^T V, which
+    every query then reads), ``out`` (attn_lif spikes). Also ``grid`` (H', W'), ``T``, ``name``."""
+    name, attn = _attention(model, block)
+    cap = {}
+
+    def keep(key):
+        return lambda m, a, o: cap.__setitem__(key, o.detach())
+
+    run_observed(model, [image], post=[(attn.q_lif, keep("q")), (attn.k_lif, keep("k")), (attn.v_lif, keep("v")),
+                                       (attn.attn_lif, keep("out"))])
+    T, _, C, Hp, Wp = cap["q"].shape
+
+    def per_head(t):  # [T, B, C, H, W] -> spikes per head and token [h, N], sample 0, summed over T
+        return attn._heads(t[:, :1].float())[:, 0].sum(-1)
+
+    counts = {k: attn._heads(cap[k][:, :1].float())[:, 0].sum(-1) for k in ("k", "v")}  # [T, h, N]
+    return {"q": per_head(cap["q"]).sum(0), "k": counts["k"].sum(0),
+            "contribution": (counts["k"] * counts["v"]).sum(0), "out": per_head(cap["out"]).sum(0),
+            "grid": (Hp, Wp), "T": T, "name": name}
+
+
+def plot_linear_attention_maps(model: nn.Module, image: torch.Tensor, path, block: int = 0, alpha: float = 0.75,
+                               max_heads: int = 8):
+    """V2's linear attention in attention ``block`` for one image: one row per head (up to ``max_heads``), columns
+    Q spikes, K spikes, each token's contribution |K_n||V_n| to K^T V, and the attention output spikes, per token
+    over the input in grey. V2 has no token x token attention matrix to show: Q reads one d x d summary K^T V of
+    all tokens, so where K and V fire together is where the attention takes its information from."""
+    from matplotlib import cm, colors
+
+    plt = _plt()
+    img = _batched(model, image)
+    cap = capture_linear_attention(model, img, block)
+    disp = _background(img)
+    H, W = disp.shape
+    heads = min(cap["q"].shape[0], max_heads)
+    cols = (("q", "Q spikes"), ("k", "K spikes"), ("contribution", "|K||V|: added to KᵀV"), ("out", "output spikes"))
+    cmap = _heat(plt)
+    fig = plt.figure(figsize=(2.2 * (len(cols) + 1) + 0.6, 2.2 * heads + 1.9))
+    gs = fig.add_gridspec(heads + 1, len(cols) + 1, height_ratios=[1] * heads + [0.07])
+    ax = fig.add_subplot(gs[0, 0])
+    ax.imshow(disp, cmap="gray")
+    ax.set_title("input", fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for c, (key, label) in enumerate(cols, start=1):
+        norm = colors.Normalize(0, max(1.0, float(cap[key][:heads].max())))  # one scale per column
+        for h in range(heads):
+            a = fig.add_subplot(gs[h, c])
+            _overlay(a, disp, cap[key][h], cap["grid"], cmap, norm, alpha)
+            a.set_title(f"head {h}: {label}\n{int(cap[key][h].sum())} in all", fontsize=8)
+        cb = fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), cax=fig.add_subplot(gs[heads, c]),
+                          orientation="horizontal")
+        cb.ax.tick_params(labelsize=7)
+    steps = f"summed over T={cap['T']} steps" if cap["T"] > 1 else "T=1"
+    _title(fig, f"Linear spike attention SN(Q(KᵀV)·0.125) of {cap['name']} ({_model_name(model)}), per head and "
+                f"token of the {cap['grid'][0]}x{cap['grid'][1]} map over the {H}x{W} input, {steps}",
+           fig.get_figwidth())
+    return _save(fig, path, 110)
+
+
+# attention class name (layers.attention registry) -> its picture; a new attention adds one line
+ATTENTION_PICTURES = {"sdsa": plot_sdsa_maps, "sdsa_v1": plot_sdsa_maps, "spike_linear": plot_linear_attention_maps}
+
+
+def plot_attention_maps(model: nn.Module, image: torch.Tensor, path, block: int = 0, alpha: float = 0.75):
+    """The attention picture of attention ``block`` for one image ([C,H,W], [1,C,H,W] or events [T,C,H,W]),
+    chosen by the attention's kind (:data:`ATTENTION_PICTURES`): SDSA maps (V1), per-head maps of the linear
+    spike attention (V2). Another attention is refused in one line."""
+    _, attn = _attention(model, block)
+    draw = ATTENTION_PICTURES.get(attn.name)
+    if draw is None:
+        raise ValueError(f"no attention picture for {attn.name or type(attn).__name__!r} attention (pictures exist "
+                         f"for {', '.join(ATTENTION_PICTURES)}); `viz rates` and `viz raster` work on every model")
+    return draw(model, image, path, block=block, alpha=alpha)

@@ -13,7 +13,7 @@ import os
 import sys
 import warnings
 
-COMMANDS = ("models", "forward", "verify", "convert", "train", "energy", "viz", "infer", "stream")
+COMMANDS = ("models", "forward", "verify", "convert", "train", "energy", "viz", "infer", "stream", "export")
 
 # what a user's mistake raises (bad values, files, busy folders, diverged training, a missing optional package)
 USER_ERRORS = (ValueError, TypeError, KeyError, LookupError, OSError, RuntimeError, ArithmeticError, ImportError,

@@ -5,10 +5,12 @@ from .common import add_model_arguments, model_from_args, nonneg_int, positive_i
 
 
 def register(sub) -> None:
-    p = sub.add_parser("viz", help="pictures: firing-rate bars, spike raster, SDSA attention maps",
+    p = sub.add_parser("viz", help="pictures: firing-rate bars, spike raster, attention maps",
                        description="Write a PNG for a model on one input (a test sample of a dataset, random input, "
                                    "or an image file, prepared with the model's recipe): per-layer firing rates, a "
-                                   "spike raster of one neuron layer, or the SDSA attention maps of one block.")
+                                   "spike raster of one neuron layer (time steps, or tokens when T=1), or the "
+                                   "attention maps of one block (V1: SDSA channel mask and Q maps; V2: per-head "
+                                   "Q, K, each token's share of K^T V and the output spikes).")
     p.add_argument("what", choices=["rates", "raster", "attention"], help="which picture")
     add_model_arguments(p)
     p.add_argument("--image", help="image file (PNG/JPG) as the input, prepared with the model's recipe")
@@ -16,9 +18,11 @@ def register(sub) -> None:
                    help="input when no --image is given: a dataset name (its test split) or random (default: digits)")
     p.add_argument("--data-root", help="dataset folder for --data NAME (default: the dataset's usual location)")
     p.add_argument("--index", type=nonneg_int, default=0, help="sample index in the --data test split (default: 0)")
-    p.add_argument("--layer", default="block.0.attn.q_lif", help="neuron layer of the raster (default: %(default)s)")
+    p.add_argument("--layer", help="neuron layer of the raster (default: the first attention block's q_lif, e.g. "
+                                   "block.0.attn.q_lif for V1, block3.0.attn.q_lif for V2)")
     p.add_argument("--n-neurons", type=positive_int, default=64, help="neurons shown in the raster (default: 64)")
-    p.add_argument("--block", type=nonneg_int, default=0, help="encoder block of the attention maps (default: 0)")
+    p.add_argument("--block", type=nonneg_int, default=0,
+                   help="attention block of the attention maps, counted over the whole model (default: 0)")
     p.add_argument("--no-calibrate", action="store_true",
                    help="do not calibrate the BatchNorm statistics of an untrained model before drawing")
     p.add_argument("--out", required=True, help="output PNG")
@@ -59,9 +63,11 @@ def run(args) -> int:
     check_output(args.out, inputs=[args.checkpoint, args.config, args.image], overwrite=args.overwrite,
                  option="--out")
     model, meta = model_from_args(args)
-    depth = len(getattr(model, "block", []) or [])
+    from ..layers.attention import Attention
+
+    depth = sum(isinstance(m, Attention) for m in model.modules())
     if args.what == "attention" and depth and args.block >= depth:
-        raise ValueError(f"--block {args.block}: the model has {depth} encoder block(s), numbered 0..{depth - 1}")
+        raise ValueError(f"--block {args.block}: the model has {depth} attention block(s), numbered 0..{depth - 1}")
     x = _load_input(args, model, meta)
     if not args.no_calibrate and not bn_is_calibrated(model):
         calibrate_bn(model, [torch.cat([x, random_inputs(model, 7, 1)[0]])])

@@ -22,6 +22,10 @@ Backends:
   CUDA tensors if Triton imports (otherwise ``torch``), ``torch`` for other devices and dtypes (e.g. float64),
   for empty tensors and when ``return_v=True`` (the membrane trace comes from the reference).
 
+While a model is traced or exported (``torch.jit.trace``, ``torch.onnx.export``, ``torch.export``) every call runs
+the reference whatever the backend asked for: a fused op cannot be written into the exported file, and the
+reference computes the same spikes with plain tensor ops.
+
 Environment variable ``SPIKEDRIVEN_LIF_BACKEND`` (``torch`` | ``cpp`` | ``triton`` | ``auto``): when set, it
 replaces ``backend="auto"`` in every call, i.e. it forces one backend globally (e.g. ``SPIKEDRIVEN_LIF_BACKEND=torch``
 turns every fast path off). A backend passed explicitly by the caller takes precedence over the variable. A forced
@@ -52,6 +56,7 @@ __all__ = [
     "requested_backend",
     "resolve_backend",
     "fusable",
+    "is_exporting",
     "lif_multistep",
     "plif_multistep",
     "lif_reference",
@@ -96,6 +101,8 @@ def resolve_backend(x: torch.Tensor, backend: str = "auto", return_v: bool = Fal
                     surrogate: Surrogate | None = None, detach_reset: bool = True) -> str:
     """The backend that ``lif_multistep(x, backend=backend, ...)`` runs (raises if a forced one cannot)."""
     backend = requested_backend(backend)
+    if is_exporting():  # a fused op cannot be exported: the reference loop is plain, exportable tensor ops
+        return "torch"
     if backend == "auto":
         if return_v or x.numel() == 0 or x.dtype not in _FAST_DTYPES or not fusable(surrogate, detach_reset):
             return "torch"
@@ -124,6 +131,12 @@ def resolve_backend(x: torch.Tensor, backend: str = "auto", return_v: bool = Fal
     if not _triton.is_available():
         raise RuntimeError(f"backend 'triton' is unavailable ({_triton._IMPORT_ERROR!r})")
     return "triton"
+
+
+def is_exporting() -> bool:
+    """True while a forward is traced for export (torch.export / dynamo ONNX, torch.jit.trace, TorchScript-based
+    ONNX). Eager calls and ``torch.compile`` are not exporting."""
+    return bool(torch.compiler.is_exporting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
 
 
 def _check_x(x: torch.Tensor) -> None:

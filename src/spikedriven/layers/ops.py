@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels import is_exporting  # data-dependent input checks are skipped while exporting
+
 
 
 def seq(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -61,7 +63,7 @@ def time_major_input(x: torch.Tensor, T: int, in_channels: int, stride: int, cha
             f"event input [B, T, C, H, W] must have T={T} frames (dim 1), got {x.shape[1]}; "
             f"re-frame the events or build the model with T={x.shape[1]}"
         )
-    if not x.is_meta and not torch.isfinite(x).all():
+    if not x.is_meta and not is_exporting() and not torch.isfinite(x).all():
         bad = (~torch.isfinite(x)).sum().item()
         raise ValueError(f"input contains {bad} NaN/inf value(s); the network needs finite inputs")
     xt = x.unsqueeze(0).expand(T, *x.shape) if x.ndim == 4 else x.transpose(0, 1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,7 +188,12 @@ def build_model(name: str | None = None, *, config: str | os.PathLike | None = N
         raise ValueError("build_model needs a model name, a config, a recipe or a checkpoint")
     model = instantiate(spec)
     if checkpoint:
+        from .finetune import without_classifier
+
+        sd, note = without_classifier(model, sd, str(checkpoint))
         load_state_into_model(model, sd, strict=strict, source=str(checkpoint))
+        if note:  # timm's convention: another number of classes keeps the backbone, says so
+            logging.getLogger("spikedriven").warning(note)
     return model, meta
 
 
@@ -195,7 +201,9 @@ def create_model(name: str, checkpoint_path: str | os.PathLike | None = None, st
                  pretrained: bool = False, **overrides) -> nn.Module:
     """Build a registered model; keyword overrides replace config values (e.g. ``T=8, num_classes=100``).
 
-    ``checkpoint_path`` loads weights (ours, official ``.pth.tar``/``.pth`` or ``.safetensors``) strictly.
+    ``checkpoint_path`` loads weights (ours, official ``.pth.tar``/``.pth`` or ``.safetensors``) strictly; a
+    checkpoint trained for another number of classes than ``num_classes`` loads all but the classifier, which
+    stays freshly initialised (logged in one line, as timm does).
     ``pretrained=True`` needs ``checkpoint_path``: no weights are bundled or downloaded.
     """
     if pretrained and checkpoint_path is None:

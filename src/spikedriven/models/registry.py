@@ -25,7 +25,7 @@ class ModelFamily:
     paper: str = ""
     official_code: str = ""
     first_conv: str = ""  # state_dict prefix of the encoding conv (timm pretrained_cfg)
-    classifier: str = "head"
+    classifier: str | tuple[str, ...] = "head"  # classifier module(s), timm style: dropped when fine-tuning
 
 
 @dataclass(frozen=True)

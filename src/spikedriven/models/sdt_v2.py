@@ -607,7 +607,8 @@ register_family(ModelFamily(
     "sdt_v2", MetaSpikeFormer, "Spike-driven Transformer V2 (Meta-SpikeFormer)",
     paper="Yao et al., Spike-driven Transformer V2: Meta Spiking Neural Network Architecture Inspiring the Design "
           "of Next-generation Neuromorphic Chips, ICLR 2024 (arXiv 2404.03663)",
-    official_code="https://github.com/BICLab/Spike-Driven-Transformer-V2", first_conv="downsample1_1.encode_conv"))
+    official_code="https://github.com/BICLab/Spike-Driven-Transformer-V2", first_conv="downsample1_1.encode_conv",
+    classifier=("head", "head_kd")))
 
 _V2_NOTES = {
     "sdt_v2_8_384": "official metaspikformer_8_384 (31.3M); T=1 as built by the official code (fine-tune with T=4)",

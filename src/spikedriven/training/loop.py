@@ -366,8 +366,13 @@ class Trainer:
     def _load_initial(self, path, partial: bool) -> None:
         """``initial_checkpoint``: start from these weights, strictly; with ``partial`` only the keys the file and
         the model share, and say which were not loaded."""
+        from ..models.finetune import without_classifier
+
         sd, _ = load_checkpoint(path)
+        sd, note = without_classifier(self.model, sd, str(path))  # another number of classes: fine-tuning
         info = load_state_into_model(self.model, sd, strict=not partial, source=str(path))
+        if note:
+            self._note(note)
         if partial:
             self._note(_partial_line(path, info))
 
