@@ -11,14 +11,15 @@ from spikedriven import create_model
 from spikedriven.energy import profile_model
 from spikedriven.model import calibrate_bn
 from spikedriven.models.registry import list_families
-from spikedriven.viz import (ATTENTION_PICTURES, attention_modules, capture_linear_attention,
+from spikedriven.viz import (capture_integer_attention, ATTENTION_PICTURES, attention_modules, capture_linear_attention,
                              default_raster_layer, plot_attention_maps, plot_firing_rates, plot_spike_raster)
 
 pytestmark = pytest.mark.usefixtures("reference_lif")
 
 # one small model of each family (a new family adds its entry here; the test below checks that none is missing)
 SMALL = {"sdt": ("sdt_digits_1_64", dict(embed_dim=32)),
-         "sdt_v2": ("sdt_v2_digits_8_64", dict(embed_dim=(8, 16, 32, 32)))}
+         "sdt_v2": ("sdt_v2_digits_8_64", dict(embed_dim=(8, 16, 32, 32))),
+         "sdt_v3": ("sdt_v3_digits_t", {})}
 
 
 def _model(family):
@@ -147,3 +148,17 @@ def test_cli_viz_attention_on_v2(tmp_path, capsys):
                  "--out", str(tmp_path / "r.png")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a neuron layer" in err[0]
+
+
+def test_v3_attention_maps_are_integer_per_head_and_consistent():
+    m, x = _model("sdt_v3")
+    cap = capture_integer_attention(m, x[:1], block=0)
+    attn = attention_modules(m)[0][1]
+    h, d, D = attn.num_heads, attn.dim // attn.num_heads, attn.q_spike.D
+    for key in ("q", "k", "v", "received", "out"):
+        assert cap[key].shape == (h, 64), key  # 8x8 tokens of the digits model
+        assert float(cap[key].min()) >= 0 and torch.equal(cap[key], cap[key].round()), key  # integers
+    assert float(cap["q"].max()) <= d * D and float(cap["v"].max()) <= 4 * d * D  # v is 4x wider (lamda_ratio)
+    # a query token with no activity attends to nothing: sum_m (Q K^T)[n, m] = 0 where Q_n = 0
+    assert bool(((cap["q"] == 0) <= (cap["received"] == 0)).all())
+    assert default_raster_layer(m) == "block3.0.attn.q_spike"

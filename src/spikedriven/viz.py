@@ -74,8 +74,9 @@ def default_raster_layer(model: nn.Module) -> str:
     if not names:
         raise ValueError("the model has no spiking neuron")
     mods = attention_modules(model)
-    if mods and f"{mods[0][0]}.q_lif" in names:
-        return f"{mods[0][0]}.q_lif"
+    for q in ("q_lif", "q_spike"):  # binary LIF (V1, V2) or integer neuron (V3)
+        if mods and f"{mods[0][0]}.{q}" in names:
+            return f"{mods[0][0]}.{q}"
     return names[0]
 
 
@@ -353,15 +354,62 @@ def plot_linear_attention_maps(model: nn.Module, image: torch.Tensor, path, bloc
     Q spikes, K spikes, each token's contribution |K_n||V_n| to K^T V, and the attention output spikes, per token
     over the input in grey. V2 has no token x token attention matrix to show: Q reads one d x d summary K^T V of
     all tokens, so where K and V fire together is where the attention takes its information from."""
+    img = _batched(model, image)
+    cap = capture_linear_attention(model, img, block)
+    cols = (("q", "Q spikes"), ("k", "K spikes"), ("contribution", "|K||V|: added to KᵀV"), ("out", "output spikes"))
+    steps = f"summed over T={cap['T']} steps" if cap["T"] > 1 else "T=1"
+    title = (f"Linear spike attention SN(Q(KᵀV)·0.125) of {cap['name']} ({_model_name(model)}), per head and "
+             f"token of the {cap['grid'][0]}x{cap['grid'][1]} map over the input, {steps}")
+    return _head_maps(model, img, cap, cols, title, path, alpha, max_heads)
+
+
+@torch.no_grad()
+def capture_integer_attention(model: nn.Module, image: torch.Tensor, block: int = 0) -> dict:
+    """V3's attention (``IntegerLinearAttention``) in attention ``block`` on ``image``, sample 0. Per head h and
+    token n (maps ``[h, N]``): ``q``, ``k``, ``v`` (the integers 0..D summed over the head's lanes), ``received``
+    (the attention a token's query pays: the row sum of the head's integer Q Kᵀ), ``out`` (attn_spike integers).
+    Also ``grid``, ``name``."""
+    name, attn = _attention(model, block)
+    cap = {}
+
+    def keep(key):
+        return lambda m, a, o: cap.__setitem__(key, o.detach())
+
+    run_observed(model, [image], post=[(getattr(attn, f"{k}_spike"), keep(k)) for k in ("q", "k", "v", "attn")])
+    _, _, Hp, Wp = cap["q"].shape
+    D = attn.q_spike.D
+
+    def ints(t):  # [B, C, H, W] activations v/D -> integers per head and lane [h, N, d], sample 0
+        return torch.round(attn._heads(t[:1].float())[0] * D)
+
+    q, k = ints(cap["q"]), ints(cap["k"])
+    return {"q": q.sum(-1), "k": k.sum(-1), "v": ints(cap["v"]).sum(-1),
+            "received": (q @ k.transpose(-2, -1)).sum(-1), "out": ints(cap["attn"]).sum(-1),
+            "grid": (Hp, Wp), "name": name, "D": D}
+
+
+def plot_integer_attention_maps(model: nn.Module, image: torch.Tensor, path, block: int = 0, alpha: float = 0.75,
+                                max_heads: int = 8):
+    """V3's attention in attention ``block`` for one image: one row per head, columns the Q, K and V integers per
+    token (summed over the head's lanes), each query token's total Q Kᵀ (how much it attends: V3 forms the N x N
+    product), and the output integers, over the input in grey."""
+    img = _batched(model, image)
+    cap = capture_integer_attention(model, img, block)
+    cols = (("q", "Q integers"), ("k", "K integers"), ("v", "V integers"), ("received", "Σ_m (Q Kᵀ)[n, m]"),
+            ("out", "output integers"))
+    title = (f"Integer attention SN((Q Kᵀ) V · 2/√d) of {cap['name']} ({_model_name(model)}), integers 0..{cap['D']} "
+             f"per head and token of the {cap['grid'][0]}x{cap['grid'][1]} map over the input")
+    return _head_maps(model, img, cap, cols, title, path, alpha, max_heads)
+
+
+def _head_maps(model, img, cap, cols, title, path, alpha, max_heads):
+    """One row per head (up to ``max_heads``), one column per ``cols`` entry (key of ``cap`` with ``[h, N]``
+    maps, label), each map over the input in grey; one colour scale per column."""
     from matplotlib import cm, colors
 
     plt = _plt()
-    img = _batched(model, image)
-    cap = capture_linear_attention(model, img, block)
     disp = _background(img)
-    H, W = disp.shape
-    heads = min(cap["q"].shape[0], max_heads)
-    cols = (("q", "Q spikes"), ("k", "K spikes"), ("contribution", "|K||V|: added to KᵀV"), ("out", "output spikes"))
+    heads = min(cap[cols[0][0]].shape[0], max_heads)
     cmap = _heat(plt)
     fig = plt.figure(figsize=(2.2 * (len(cols) + 1) + 0.6, 2.2 * heads + 1.9))
     gs = fig.add_gridspec(heads + 1, len(cols) + 1, height_ratios=[1] * heads + [0.07])
@@ -379,15 +427,13 @@ def plot_linear_attention_maps(model: nn.Module, image: torch.Tensor, path, bloc
         cb = fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), cax=fig.add_subplot(gs[heads, c]),
                           orientation="horizontal")
         cb.ax.tick_params(labelsize=7)
-    steps = f"summed over T={cap['T']} steps" if cap["T"] > 1 else "T=1"
-    _title(fig, f"Linear spike attention SN(Q(KᵀV)·0.125) of {cap['name']} ({_model_name(model)}), per head and "
-                f"token of the {cap['grid'][0]}x{cap['grid'][1]} map over the {H}x{W} input, {steps}",
-           fig.get_figwidth())
+    _title(fig, title, fig.get_figwidth())
     return _save(fig, path, 110)
 
 
 # attention class name (layers.attention registry) -> its picture; a new attention adds one line
-ATTENTION_PICTURES = {"sdsa": plot_sdsa_maps, "sdsa_v1": plot_sdsa_maps, "spike_linear": plot_linear_attention_maps}
+ATTENTION_PICTURES = {"sdsa": plot_sdsa_maps, "sdsa_v1": plot_sdsa_maps, "spike_linear": plot_linear_attention_maps,
+                      "integer_linear": plot_integer_attention_maps}
 
 
 def plot_attention_maps(model: nn.Module, image: torch.Tensor, path, block: int = 0, alpha: float = 0.75):
