@@ -28,7 +28,7 @@ def _fused_if_available(monkeypatch):
         monkeypatch.setenv("SPIKEDRIVEN_LIF_BACKEND", "cpp")
 
 
-@pytest.mark.parametrize("name", ["sdt_digits_1_64", "sdt_v2_digits_8_64"])
+@pytest.mark.parametrize("name", ["sdt_digits_1_64", "sdt_v2_digits_8_64", "sdt_v3_digits_t"])
 def test_onnx_matches_eager_on_real_digits_with_dynamic_batch(tmp_path, monkeypatch, name):
     import onnx
 
@@ -49,7 +49,7 @@ def test_onnx_matches_eager_on_real_digits_with_dynamic_batch(tmp_path, monkeypa
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # no temporary file left
 
 
-@pytest.mark.parametrize("name", ["sdt_digits_1_64", "sdt_v2_digits_8_64"])
+@pytest.mark.parametrize("name", ["sdt_digits_1_64", "sdt_v2_digits_8_64", "sdt_v3_digits_t"])
 def test_torch_export_of_the_eval_model(monkeypatch, name):
     """``torch.export.export(model.eval(), (x,))`` as a user writes it: no data-dependent guard in the forward."""
     _fused_if_available(monkeypatch)

@@ -45,7 +45,8 @@ import os
 import torch
 
 from . import _cpp, _triton, autograd
-from .integer import integer_to_spikes, multispike, multispike_reference, quantise_int
+from . import integer
+from .integer import integer_to_spikes, multispike_reference, quantise_int
 from .reference import heaviside_sigmoid, lif_reference, plif_reference
 from ..surrogate import Sigmoid, Surrogate
 
@@ -182,3 +183,36 @@ def plif_multistep(x: torch.Tensor, w: torch.Tensor, v_threshold: float = 1.0, a
         return autograd.plif(_OPS[which], x, w, float(v_threshold), float(alpha))
     return plif_reference(x, w, float(v_threshold), float(alpha), return_v=return_v, surrogate=surrogate,
                           detach_reset=detach_reset)
+
+
+def multispike(x: torch.Tensor, D: int = 4, norm: float = 4.0, backend: str = "auto") -> torch.Tensor:
+    """``round(clamp(x, 0, D)) / norm`` with V3's gradient. Backends: ``"torch"`` the official formulation in plain
+    autograd; ``"cpp"`` the fused CPU kernel (fp32/bf16/fp16); ``"auto"`` the fused kernel for CPU tensors of
+    those dtypes when it builds, else elementwise torch ops that save a bool mask (CUDA, float64, a failed build).
+    ``"triton"`` runs those torch ops too (no Triton kernel of its own: on a GPU they are memory-bound
+    elementwise passes). All give the same values and gradients."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"multispike expects a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    if is_exporting():  # plain ops: an exported graph holds no custom autograd Function or C++ op
+        return torch.round(torch.clamp(x, 0, D)) / norm
+    which = requested_backend(backend)
+    if which == "torch":
+        return integer.multispike_reference(x, D, norm)
+    cpu_ok = x.device.type == "cpu" and x.dtype in integer.FAST_DTYPES and x.numel() > 0
+    if which == "cpp":
+        if not cpu_ok:
+            raise ValueError(f"backend 'cpp' runs CPU tensors of dtype float32/bfloat16/float16, got {x.dtype} on "
+                             f"{x.device}")
+        if not _cpp.INT_EXT.load():
+            raise RuntimeError(f"backend 'cpp' is unavailable: the C++ build failed ({_cpp.INT_EXT.error!r})")
+        return integer.MultiSpikeCpp.apply(x, int(D), float(norm))
+    if which == "auto" and cpu_ok and not _compiling() and _cpp.INT_EXT.load():
+        return integer.MultiSpikeCpp.apply(x, int(D), float(norm))
+    return integer.MultiSpikeTorch.apply(x, D, float(norm))
+
+
+def _compiling() -> bool:
+    try:
+        return bool(torch.compiler.is_compiling())
+    except AttributeError:  # pragma: no cover - old torch
+        return False

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["multispike", "multispike_reference", "quantise_int", "integer_to_spikes"]
+__all__ = ["multispike_reference", "quantise_int", "integer_to_spikes", "MultiSpikeTorch", "MultiSpikeCpp", "FAST_DTYPES"]
 
 
-class _MultiSpike(torch.autograd.Function):
+class MultiSpikeTorch(torch.autograd.Function):
     """Elementwise torch ops, any device and dtype; saves the in-range mask as bool."""
 
     @staticmethod
@@ -28,7 +28,7 @@ class _MultiSpike(torch.autograd.Function):
         return grad / ctx.norm * inside, None, None
 
 
-class _MultiSpikeCpp(torch.autograd.Function):
+class MultiSpikeCpp(torch.autograd.Function):
     """The fused C++ kernel (csrc/multispike_cpu.cpp): one pass each way, a uint8 mask saved; the input's dense
     layout (NCHW or channels_last) is kept."""
 
@@ -48,7 +48,7 @@ class _MultiSpikeCpp(torch.autograd.Function):
         return torch.ops.spikedriven_int.multispike_bwd(grad, mask, ctx.norm), None, None
 
 
-_FAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+FAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def multispike_reference(x: torch.Tensor, D: int, norm: float) -> torch.Tensor:
@@ -69,39 +69,6 @@ def multispike_reference(x: torch.Tensor, D: int, norm: float) -> torch.Tensor:
             return g
 
     return _Quant.apply(x) / norm
-
-
-def multispike(x: torch.Tensor, D: int = 4, norm: float = 4.0, backend: str = "auto") -> torch.Tensor:
-    """``round(clamp(x, 0, D)) / norm`` with V3's gradient. Backends: ``"torch"`` the official formulation in plain
-    autograd; ``"cpp"`` the fused CPU kernel (fp32/bf16/fp16); ``"auto"`` the fused kernel for CPU tensors of
-    those dtypes when it builds, else elementwise torch ops that save a bool mask (CUDA, float64, a failed build).
-    ``"triton"`` runs those torch ops too (no Triton kernel of its own: on a GPU they are memory-bound
-    elementwise passes). All give the same values and gradients."""
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError(f"multispike expects a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
-    from . import _cpp, requested_backend  # the one reader of the backend environment variable
-
-    which = requested_backend(backend)
-    if which == "torch":
-        return multispike_reference(x, D, norm)
-    cpu_ok = x.device.type == "cpu" and x.dtype in _FAST_DTYPES and x.numel() > 0
-    if which == "cpp":
-        if not cpu_ok:
-            raise ValueError(f"backend 'cpp' runs CPU tensors of dtype float32/bfloat16/float16, got {x.dtype} on "
-                             f"{x.device}")
-        if not _cpp.INT_EXT.load():
-            raise RuntimeError(f"backend 'cpp' is unavailable: the C++ build failed ({_cpp.INT_EXT.error!r})")
-        return _MultiSpikeCpp.apply(x, int(D), float(norm))
-    if which == "auto" and cpu_ok and not torch.jit.is_tracing() and not _compiling() and _cpp.INT_EXT.load():
-        return _MultiSpikeCpp.apply(x, int(D), float(norm))
-    return _MultiSpike.apply(x, D, float(norm))
-
-
-def _compiling() -> bool:
-    try:
-        return bool(torch.compiler.is_compiling())
-    except AttributeError:  # pragma: no cover - old torch
-        return False
 
 
 def quantise_int(x: torch.Tensor, D: int) -> torch.Tensor:
