@@ -2,6 +2,8 @@
 (differences only where the model's pre-activation sits at a rounding tie k + 0.5), counted additions vs the energy
 report's SOPs and vs counts by hand, both backends bit-identical, the command line on a trained checkpoint. Small
 models with random BatchNorm statistics so that every neuron sees a spread of integers."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -148,14 +150,13 @@ def test_refusals():
 def test_cli_infer_trained_v3_checkpoint(tmp_path, capsys):
     _cpp_or_skip()
     from spikedriven.cli import main
-    from spikedriven.train import train
+    from spikedriven.training.api import train
 
-    cfg = dict(model="sdt_v3_digits_t", dataset="digits", batch_size=16, val_batch_size=64, max_train_samples=32,
-               max_eval_samples=32, epochs=1, warmup_epochs=0, cooldown_epochs=0, opt="adamw", lr=3e-3,
-               sched="cosine", workers=0, progress=False, tensorboard=False, plot=False, summary=False,
-               save_safetensors=False, threads=1, aa=None, hflip=0.0, seed=0)
-    train(cfg, output=str(tmp_path), experiment="v3", print_fn=lambda *_: None)
-    ck = tmp_path / "v3" / "last.pt"
+    res = train("digits_v3", print_fn=lambda *_: None, output=str(tmp_path), experiment="v3", epochs=1,
+                warmup_epochs=0, max_train_samples=32, max_eval_samples=32, batch_size=16, val_batch_size=32,
+                workers=0, threads=1, progress=False, tensorboard=False, plot=False, summary=False,
+                save_safetensors=False)
+    ck = Path(res["run_dir"]) / "last.pt"
     assert main(["infer", "--checkpoint", str(ck), "--engine", "events", "--data", "digits", "--limit", "8"]) == 0
     out = capsys.readouterr().out
     for layer in ("block3.0.attn.matmul_qk", "block3.0.attn.matmul_v", "ConvBlock1_1.0.Conv.dwconv.0",
