@@ -41,8 +41,8 @@ def model_and_input(seed=0, B=3, **kw):
         for mod in m.modules():
             if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
                 n = mod.num_features
-                mod.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                mod.bias.copy_(torch.rand(n, generator=g) * 0.7 - 0.1)
+                mod.weight.copy_(torch.rand(n, generator=g) * 3 + 1)
+                mod.bias.copy_(torch.rand(n, generator=g) * 1.5 - 0.3)
                 mod.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
                 mod.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
     return m.eval(), torch.randn(B, m.in_channels, m.img_size, m.img_size, generator=g)
@@ -66,7 +66,7 @@ def test_v3_matches_the_spike_form_and_the_integer_model():
     assert set(ints) <= set(res.spikes)
     # every layer emits a spread of integers (a non-trivial model), the attention included
     for name in ("ConvBlock1_1.0.Conv.spike2", "block3.0.attn.q_spike", "block3.0.attn.attn_spike", "spike"):
-        assert len(np.unique(ints[name])) >= 3, name
+        assert ints[name].max() >= 2 and (ints[name] > 0).mean() > 0.02, name
     ag = compare_with_model(model, eng, x)
     assert ag.same_prediction == ag.samples == 3
     assert ag.fraction > 0.999
