@@ -52,10 +52,16 @@ def compile_model(model, threads: int | None = None, backend: str = "auto"):
     from .executor import EventEngine, resolve_backend
 
     family = getattr(model, "family", None)
-    if family not in ("sdt", "sdt_v2"):
-        raise NotImplementedError(f"the event-driven engine runs the Spike-driven Transformer families 'sdt' (V1) and "
-                                  f"'sdt_v2' (Meta-SpikeFormer); got {type(model).__name__} (family {family!r})")
+    if family not in ("sdt", "sdt_v2", "sdt_v3"):
+        raise NotImplementedError(f"the event-driven engine runs the Spike-driven Transformer families 'sdt' (V1), "
+                                  f"'sdt_v2' (Meta-SpikeFormer) and 'sdt_v3' (E-SpikeFormer); got "
+                                  f"{type(model).__name__} (family {family!r})")
     backend = resolve_backend(backend)  # before compiling: a missing dependency fails fast
+    if family == "sdt_v3":
+        from .compiler_v3 import compile_plan_v3
+        from .executor_v3 import EventEngineV3
+
+        return EventEngineV3(compile_plan_v3(model), threads=threads, backend=backend)
     if family == "sdt_v2":
         from .compiler_v2 import compile_plan_v2
         from .executor_v2 import EventEngineV2

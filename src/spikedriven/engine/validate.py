@@ -34,7 +34,10 @@ def expected_sops(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     binary operand (the left one if binary). Totals over the batch, float64. Comparable to ``LayerCount.nominal``.
     A V2 model is counted in its inference form (RepConvs folded), as the energy report and the engine do.
     """
-    if has_unfolded_reparam(model):
+    v3 = callable(getattr(model, "expand_spikes", None))
+    if v3:  # V3: the spike-driven form (binary virtual steps), as the energy report counts it; names without .synapse
+        model = model.expand_spikes()
+    elif has_unfolded_reparam(model):
         model = fold_bn(model)
     T = int(model.T)
     out: dict[str, float] = {}
@@ -74,7 +77,7 @@ def expected_sops(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
                                                                                           nn.Linear))]
     post += [(mod, matmul_hook(name)) for name, mod in model.named_modules() if isinstance(mod, SpikeMatmul)]
     run_observed(model, [x], post=post)
-    return out
+    return {k.removesuffix(".synapse"): v for k, v in out.items()} if v3 else out
 
 
 @torch.no_grad()
@@ -210,7 +213,12 @@ def flip_origins(model: nn.Module, x: torch.Tensor, engine_spikes: dict, ag: Agr
 @torch.no_grad()
 def compare_with_model(model: nn.Module, engine, x: torch.Tensor, origins: bool = True) -> Agreement:
     """Run both on ``x``; count neuron-steps whose spike differs (every neuron layer, every t) and predictions.
-    ``origins``: where spikes differ, also locate where the flips start (:func:`flip_origins`; one more model run)."""
+    ``origins``: where spikes differ, also locate where the flips start (:func:`flip_origins`; one more model run).
+    V3 (E-SpikeFormer): integer activations compared instead of spikes (``validate_v3.compare_v3``)."""
+    if getattr(model, "family", None) == "sdt_v3":
+        from .validate_v3 import compare_v3
+
+        return compare_v3(model, engine, x, origins)
     ref, logits = model_spikes(model, x)
     res = engine.run(x, record=True)
     ag = Agreement()

@@ -38,7 +38,7 @@ void sparse_conv2d(const at::Tensor& idx, const at::Tensor& cnt, int64_t NB, int
               "wb must be [ceil(Cout/64), Cin, k, k, 64], stride >= 1, pad >= 0");
   const int64_t Ho = out_size(H, k, stride, pad), Wo = out_size(W, k, stride, pad);
   TORCH_CHECK(Ho >= 1 && Wo >= 1, "empty output grid");
-  TORCH_CHECK(cnt.size(0) == P && idx.size(0) == P && istride <= cin, "idx/cnt must have NB*H*W rows");
+  TORCH_CHECK(cnt.size(0) == P && idx.size(0) == P, "idx/cnt must have NB*H*W rows");  // rows may repeat (V3)
   TORCH_CHECK(out.size(0) == NB * Ho * Wo && out.size(1) == cout && acc.size(0) == NB * Ho, "out/acc shape mismatch");
   const int32_t* ip = idx.data_ptr<int32_t>();
   const int32_t* cp = cnt.data_ptr<int32_t>();
@@ -100,7 +100,7 @@ void sparse_dwconv(const at::Tensor& idx, const at::Tensor& cnt, int64_t NB, int
   const int64_t k = w.size(0), C = w.size(2), istride = idx.size(1), P = NB * H * W;
   TORCH_CHECK(w.size(1) == k && out_size(H, k, 1, pad) == H && out_size(W, k, 1, pad) == W,
               "w must be [k, k, C] with 2*pad = k - 1 (same-size output)");
-  TORCH_CHECK(cnt.size(0) == P && idx.size(0) == P && istride <= C, "idx/cnt must have NB*H*W rows");
+  TORCH_CHECK(cnt.size(0) == P && idx.size(0) == P, "idx/cnt must have NB*H*W rows");  // rows may repeat (V3)
   TORCH_CHECK(out.size(0) == P && out.size(1) == C && bias.size(0) == C && acc.size(0) == NB * H,
               "out/bias/acc shape mismatch");
   const int32_t* ip = idx.data_ptr<int32_t>();
