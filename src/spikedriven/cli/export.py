@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from .common import add_model_arguments, model_from_args, positive_int
 
+FORMATS = ("onnx", "torchscript", "exported-program")  # = spikedriven.export.FORMATS (that module imports torch)
+
 
 def register(sub) -> None:
-    from ..export import FORMATS
 
     p = sub.add_parser("export", help="write a model for deployment: ONNX, TorchScript or ExportedProgram",
                        description="Export the inference form of a model (BatchNorm and RepConvs folded, eval mode) "

@@ -9,7 +9,7 @@ from torch import nn
 
 from ..neuron import IntegerNeuron
 from ..probe import run_observed
-from .validate import Agreement
+from .agreement import Agreement
 
 __all__ = ["model_integers", "compare_v3"]
 

@@ -66,8 +66,9 @@ class DenseStepper:
     def __init__(self, model: nn.Module):
         family = getattr(model, "family", None)
         if family not in ("sdt", "sdt_v2"):
-            raise NotImplementedError(f"streaming runs the families 'sdt' (V1) and 'sdt_v2' (V2); got "
-                                      f"{type(model).__name__} (family {family!r})")
+            raise ValueError(f"streaming runs the families 'sdt' (V1) and 'sdt_v2' (V2), which carry membranes "
+                             f"from one time step to the next (V3's base models take one image at one step); got "
+                             f"{type(model).__name__} (family {family!r})")
         m = copy.deepcopy(model).eval()
         m.T = 1  # one frame per call: the input check then asks for [B, 1, C, H, W]
         self.store: dict[str, torch.Tensor] = {}

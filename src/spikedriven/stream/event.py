@@ -187,8 +187,9 @@ class EventStepper:
         _require_cpu_model(model)
         family = getattr(model, "family", None)
         if family not in ("sdt", "sdt_v2"):
-            raise NotImplementedError(f"streaming runs the families 'sdt' (V1) and 'sdt_v2' (V2); got "
-                                      f"{type(model).__name__} (family {family!r})")
+            raise ValueError(f"streaming runs the families 'sdt' (V1) and 'sdt_v2' (V2), which carry membranes "
+                             f"from one time step to the next (V3's base models take one image at one step); got "
+                             f"{type(model).__name__} (family {family!r})")
         backend = resolve_backend(backend)
         if family == "sdt_v2":
             from ..engine.compiler_v2 import compile_plan_v2

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+from pathlib import Path
 
 import torch
 
