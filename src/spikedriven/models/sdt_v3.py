@@ -34,6 +34,7 @@ from ..layers.attention import Attention, register_attention
 from ..layers.ops import SpikeMatmul, drop_path, time_major_input
 from ..neuron import IntegerNeuron, set_backend
 from .registry import ModelFamily, ModelInfo, register_family, register_model
+from .sdt_v2 import _check_config as _check_stage_config
 from .sdt_v2 import _init_weights
 
 __all__ = ["ESpikeFormer", "Spiking_vit_MetaFormer_Spike_SepConv", "SepConv_Spike", "MS_ConvBlock_spike_SepConv",
@@ -413,37 +414,11 @@ Spiking_vit_MetaFormer_Spike_SepConv = ESpikeFormer  # the official class name
 
 def _check_config(img_size, in_channels, num_classes, embed_dim, num_heads, mlp_ratio, D, drop_path_rate,
                   downsample_strides):
-    def need(cond, msg):
-        if not cond:
-            raise ValueError(msg)
-
-    def is_int(v):
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    need(isinstance(embed_dim, Sequence) and len(embed_dim) == 4 and all(is_int(d) and d > 0 for d in embed_dim),
-         f"embed_dim must be 4 positive ints (D0, D1, D2, D3), one per stage, got {embed_dim!r}")
-    d0, d1, d2, d3 = embed_dim
-    need(d0 % 2 == 0, f"embed_dim[0] (D0) must be even (the first stage starts at D0/2 channels), got {d0}")
-    need(is_int(num_heads) and num_heads > 0, f"num_heads must be a positive int, got {num_heads!r}")
-    for i, d in ((2, d2), (3, d3)):
-        need(d % num_heads == 0, f"embed_dim[{i}] ({d}) must be divisible by num_heads ({num_heads}): "
-                                 f"stages 3-4 split channels into heads")
-    need(isinstance(mlp_ratio, (int, float)) and not isinstance(mlp_ratio, bool) and mlp_ratio > 0
-         and int(d0 // 2 * mlp_ratio) >= 1, f"mlp_ratio must be > 0, got {mlp_ratio!r}")
-    need(is_int(D) and 1 <= D <= 64, f"D (the integer neuron's largest value; official 4) must be an int in 1..64, "
-                                     f"got {D!r}")
-    need(is_int(in_channels) and in_channels >= 1, f"in_channels must be an int >= 1, got {in_channels!r}")
-    need(is_int(num_classes) and num_classes >= 0, f"num_classes must be an int >= 0, got {num_classes!r}")
-    need(isinstance(drop_path_rate, (int, float)) and 0.0 <= drop_path_rate < 1.0,
-         f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}")
-    need(isinstance(downsample_strides, Sequence) and len(downsample_strides) == 5
-         and all(is_int(v) and v >= 1 for v in downsample_strides),
-         f"downsample_strides must be 5 ints >= 1 (downsample1_1, 1_2, 2, 3, 4; official (2, 2, 2, 2, 1)), "
-         f"got {downsample_strides!r}")
-    f = math.prod(downsample_strides)
-    need(is_int(img_size) and img_size > 0 and img_size % f == 0,
-         f"img_size must be a positive int divisible by the total stride {f} of downsample_strides="
-         f"{tuple(downsample_strides)}, got {img_size!r}")
+    # the stage layout is V2's: the same checks (one time step, no kd head), then the neuron's D
+    _check_stage_config(img_size, in_channels, num_classes, embed_dim, num_heads, mlp_ratio, 1, False, drop_path_rate,
+                        downsample_strides)
+    if not (isinstance(D, int) and not isinstance(D, bool) and 1 <= D <= 64):
+        raise ValueError(f"D (the integer neuron's largest value; official 4) must be an int in 1..64, got {D!r}")
 
 
 # --------------------------------------------------------------------------------------------------
