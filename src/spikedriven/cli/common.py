@@ -30,26 +30,24 @@ def model_from_args(args: argparse.Namespace, **overrides):
     return build_model(name, config=config, checkpoint=ckpt, use_ema=getattr(args, "ema", False), overrides=overrides)
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1."""
+def _whole(text: str, low: int) -> int:
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{v} is not allowed: it must be >= 1")
+    if v < low:
+        raise argparse.ArgumentTypeError(f"{v} is not allowed: it must be >= {low}")
     return v
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    return _whole(text, 1)
 
 
 def nonneg_int(text: str) -> int:
     """argparse type: a whole number >= 0."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{v} is not allowed: it must be >= 0")
-    return v
+    return _whole(text, 0)
 
 
 def _number(text: str) -> float:

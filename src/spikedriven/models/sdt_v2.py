@@ -433,10 +433,7 @@ class MetaSpikeFormer(nn.Module):
         blocks in turn, then the heads (unmatched: the last group). The official mapping
         (``util/lr_decay_spikformer.py``) looks for ``cls_token``/``pos_embed``/``patch_embed``, which V2 does not
         have, so every parameter lands in one group there: with the official layer_decay of 1.0 both are no-ops."""
-        order = ["downsample1_1", "ConvBlock1_1", "downsample1_2", "ConvBlock1_2", "downsample2", "ConvBlock2_1",
-                 "ConvBlock2_2", "downsample3", "block3", "downsample4", "block4"]
-        return {name: (rf"^{name}\.(\d+)\." if name.startswith(("ConvBlock", "block")) else rf"^{name}\.")
-                for name in order}
+        return stage_groups()
 
     def get_classifier(self):
         """The head Linear, or ``(head, head_kd)`` when built with kd=True."""
@@ -484,21 +481,7 @@ class MetaSpikeFormer(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Input -> token-mean membrane features ``[T, B, D3]`` (before the head LIF)."""
-        x = self.downsample1_1(self.to_time_major(x))
-        for blk in self.ConvBlock1_1:
-            x = blk(x)
-        x = self.downsample1_2(x)
-        for blk in self.ConvBlock1_2:
-            x = blk(x)
-        x = self.downsample2(x)
-        for blk in (*self.ConvBlock2_1, *self.ConvBlock2_2):
-            x = blk(x)
-        x = self.downsample3(x)
-        for blk in self.block3:
-            x = blk(x)
-        x = self.downsample4(x)
-        for blk in self.block4:
-            x = blk(x)
+        x = run_stages(self, self.to_time_major(x))
         return token_mean(x, nhwc_grad=self.channels_last)
 
     def forward_head(self, feats: torch.Tensor, pre_logits: bool = False):
@@ -522,6 +505,26 @@ class MetaSpikeFormer(nn.Module):
 
 
 Spiking_vit_MetaFormer = MetaSpikeFormer  # the official class name
+
+
+# The stage layout V2 and V3 share: the modules forward_features runs, in order (ModuleLists block by block).
+STAGE_ORDER = ("downsample1_1", "ConvBlock1_1", "downsample1_2", "ConvBlock1_2", "downsample2", "ConvBlock2_1",
+               "ConvBlock2_2", "downsample3", "block3", "downsample4", "block4")
+
+
+def run_stages(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Run the stages of a V2/V3 model on ``x`` in :data:`STAGE_ORDER`."""
+    for name in STAGE_ORDER:
+        stage = getattr(model, name)
+        for blk in (stage if isinstance(stage, nn.ModuleList) else (stage,)):
+            x = blk(x)
+    return x
+
+
+def stage_groups() -> dict:
+    """timm group_matcher of the stage layout: one group per stage module (per block in the ModuleLists)."""
+    return {name: (rf"^{name}\.(\d+)\." if name.startswith(("ConvBlock", "block")) else rf"^{name}\.")
+            for name in STAGE_ORDER}
 
 
 def _check_config(img_size, in_channels, num_classes, embed_dim, num_heads, mlp_ratio, T, kd, drop_path_rate,

@@ -35,7 +35,7 @@ from ..layers.ops import SpikeMatmul, drop_path, time_major_input
 from ..neuron import IntegerNeuron, set_backend
 from .registry import ModelFamily, ModelInfo, register_family, register_model
 from .sdt_v2 import _check_config as _check_stage_config
-from .sdt_v2 import _init_weights
+from .sdt_v2 import _init_weights, run_stages, stage_groups
 
 __all__ = ["ESpikeFormer", "Spiking_vit_MetaFormer_Spike_SepConv", "SepConv_Spike", "MS_ConvBlock_spike_SepConv",
            "IntegerLinearAttention", "MS_Attention_linear", "MS_MLP", "MS_Block_Spike_SepConv", "MS_DownSampling",
@@ -338,10 +338,7 @@ class ESpikeFormer(nn.Module):
 
     def group_matcher(self, coarse: bool = False) -> dict:
         """Parameter groups in depth order (timm layer-wise lr decay): stem, stages, then the head."""
-        order = ["downsample1_1", "ConvBlock1_1", "downsample1_2", "ConvBlock1_2", "downsample2", "ConvBlock2_1",
-                 "ConvBlock2_2", "downsample3", "block3", "downsample4", "block4"]
-        return {name: (rf"^{name}\.(\d+)\." if name.startswith(("ConvBlock", "block")) else rf"^{name}\.")
-                for name in order}
+        return stage_groups()
 
     def get_classifier(self) -> nn.Module:
         return self.head
@@ -379,22 +376,7 @@ class ESpikeFormer(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Image -> token-mean features ``[B, D3]`` (before the head neuron)."""
-        x = self.downsample1_1(self.check_input(x))
-        for blk in self.ConvBlock1_1:
-            x = blk(x)
-        x = self.downsample1_2(x)
-        for blk in self.ConvBlock1_2:
-            x = blk(x)
-        x = self.downsample2(x)
-        for blk in (*self.ConvBlock2_1, *self.ConvBlock2_2):
-            x = blk(x)
-        x = self.downsample3(x)
-        for blk in self.block3:
-            x = blk(x)
-        x = self.downsample4(x)
-        for blk in self.block4:
-            x = blk(x)
-        return x.flatten(2).mean(2)
+        return run_stages(self, self.check_input(x)).flatten(2).mean(2)
 
     def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """``[B, D3]`` features -> integer neuron (0..D, norm 1) -> head. ``pre_logits``: the neuron's output."""
