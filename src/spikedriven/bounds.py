@@ -23,6 +23,8 @@ import stat
 import zipfile
 from pathlib import Path
 
+from .outputs import file_kind
+
 __all__ = ["MAX_TREE_NODES", "MAX_TREE_DEPTH", "MAX_YAML_BYTES", "regular_file", "check_tree", "max_array_bytes",
            "check_numpy_file", "available_memory", "check_fits_in_memory", "forward_bytes", "model_param_bytes"]
 
@@ -30,16 +32,6 @@ MAX_TREE_NODES = 200_000  # values in a YAML file or a checkpoint's metadata, sh
 MAX_TREE_DEPTH = 100
 MAX_YAML_BYTES = 4 * 2**20
 _DEFAULT_ARRAY_BYTES = 2 * 2**30
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "a pipe or FIFO (a process substitution such as <(...) is one)"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a regular file"
 
 
 def regular_file(path: str | os.PathLike, what: str = "the file", error: type[Exception] = ValueError) -> int:
@@ -50,7 +42,7 @@ def regular_file(path: str | os.PathLike, what: str = "the file", error: type[Ex
     if stat.S_ISDIR(st.st_mode):
         return -1
     if not stat.S_ISREG(st.st_mode):
-        raise error(f"{path} is {_kind(st.st_mode)}, not a regular file: {what} is read from a regular file only "
+        raise error(f"{path} is {file_kind(st.st_mode)}, not a regular file: {what} is read from a regular file only "
                     f"(save it to a file first)")
     return st.st_size
 

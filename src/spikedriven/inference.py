@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 __all__ = ["fold_bn", "fold_reparam", "conv_bn_pairs", "prepare_inference", "has_unfolded_reparam", "deployed_form",
-           "REPCONV_FORMS"]
+           "expands_spikes", "REPCONV_FORMS"]
 
 _BN = nn.modules.batchnorm._BatchNorm
 _CONV = (nn.Conv1d, nn.Conv2d)
@@ -132,11 +132,15 @@ def fold_bn(model: nn.Module, inplace: bool = False, repconv: str = "dense") -> 
     return model
 
 
+def expands_spikes(model: nn.Module) -> bool:
+    """True for a family whose neurons emit integers (V3): its deployed form is ``model.expand_spikes()``."""
+    return callable(getattr(model, "expand_spikes", None))
+
+
 def deployed_form(model: nn.Module, inplace: bool = False) -> nn.Module:
     """The form the spike-driven tools (verifier, energy report) look at: BN and RepConvs folded; a family whose
     neurons emit integers (V3) also expands them into binary spikes over virtual steps (``expand_spikes``)."""
-    expand = getattr(model, "expand_spikes", None)
-    return expand(inplace=inplace) if callable(expand) else fold_bn(model, inplace=inplace)
+    return model.expand_spikes(inplace=inplace) if expands_spikes(model) else fold_bn(model, inplace=inplace)
 
 
 def prepare_inference(model: nn.Module, fold: bool = True, channels_last: bool | None = None,

@@ -37,14 +37,14 @@ class OutputError(RuntimeError):
     """An output that may not be written there, or a write that failed (the previous file is unchanged)."""
 
 
-def _kind(mode: int) -> str | None:
-    """What a non-regular file is, in words (None for a regular file)."""
+def file_kind(mode: int) -> str | None:
+    """What a non-regular file is, in words (None for a regular file); for outputs and bounded reads alike."""
     if stat.S_ISREG(mode):
         return None
     if stat.S_ISDIR(mode):
         return "a directory"
     if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
+        return "a pipe or FIFO (a process substitution such as <(...) is one)"
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "a device"
     if stat.S_ISSOCK(mode):
@@ -65,7 +65,7 @@ def check_output(path, inputs=(), overwrite: bool = False, option: str = "output
         raise OutputError(f"{option} {p}: cannot be written ({e.strerror or e})") from None
     if st is None:
         return p
-    kind = _kind(st.st_mode)
+    kind = file_kind(st.st_mode)
     if kind:
         raise OutputError(f"{option} {p} is {kind}: an output is written as a regular file and never replaces one "
                           f"(give a file name)")
@@ -144,7 +144,7 @@ def atomic_write(path, write_fn) -> None:
     except OSError as e:
         raise OutputError(_write_failure(path, e)) from e
     try:
-        kind = None if stat.S_ISLNK(os.lstat(path).st_mode) else _kind(os.lstat(path).st_mode)
+        kind = None if stat.S_ISLNK(os.lstat(path).st_mode) else file_kind(os.lstat(path).st_mode)
     except OSError:
         kind = None
     if kind:

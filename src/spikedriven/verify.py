@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .inference import deployed_form
+from .inference import deployed_form, expands_spikes
 from .layers.attention import Attention
 from .layers.ops import SpikeMask, SpikeMatmul, TokenSum
 from .neuron import Neuron
@@ -218,8 +218,7 @@ def verify_spike_driven(model: nn.Module, x: torch.Tensor | None = None, batch: 
         model, calibrated_here = calibrate_bn(copy.deepcopy(model), [x]), True
         checks = check(model)
     attn = sorted({type(m).name for m in model.modules() if isinstance(m, Attention)})
-    form = (f"BN folded, integers as {model.D} binary virtual steps" if callable(getattr(model, "expand_spikes", None))
-            else "BN/RepConv folded")
+    form = f"BN folded, integers as {model.D} binary virtual steps" if expands_spikes(model) else "BN/RepConv folded"
     rep = SpikeDrivenReport(checks, getattr(model, "attn_mode", ",".join(attn) or "?"),
                             getattr(model, "shortcut", "ms"), calibrated_here, inference_form, form)
     if rep.ok and rep.silent:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import secrets
 import warnings
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..outputs import temp_path
 from .static import DatasetError
 
 FRAME_FORMAT_VERSION = 1
@@ -287,7 +287,7 @@ class EventFrameDataset(Dataset):
 
     def _write_cache(self, cached: Path, out: torch.Tensor) -> None:
         """Best effort: a cache that cannot be written (read-only folder, full disk) only costs time."""
-        tmp = cached.parent / f".spikedriven-{cached.name}.{secrets.token_hex(8)}.tmp"  # outputs.temp_path's form
+        tmp = temp_path(cached)
         try:
             with open(tmp, "wb") as f:
                 np.save(f, out.numpy())

@@ -32,7 +32,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from ..inference import deployed_form, fold_bn, has_unfolded_reparam
+from ..inference import deployed_form, expands_spikes, has_unfolded_reparam
 from ..layers.attention import Attention
 from ..layers.ops import SpikeMask, SpikeMatmul, TokenSum
 from ..probe import hooks_attached
@@ -316,12 +316,13 @@ def profile_model(model: nn.Module, batches: Iterable[torch.Tensor], *, e_mac: f
     if event_first_layer not in ("ac", "mac"):
         raise ValueError(f"event_first_layer must be 'ac' or 'mac', got {event_first_layer!r}")
     notes = []
-    if callable(getattr(model, "expand_spikes", None)):  # V3: count the spike-driven (virtual-step) form
-        model = deployed_form(model)
+    # count what is deployed: V3's integers as binary virtual steps, V2's RepConvs folded into one conv of spikes
+    if expands_spikes(model):
         notes.append(_EXPANDED_NOTE.format(D=model.D))
-    elif has_unfolded_reparam(model):  # count what is deployed: RepConvs folded into one conv of binary input
-        model = fold_bn(model)
+    elif has_unfolded_reparam(model):
         notes.append(_FOLDED_NOTE)
+    if notes:
+        model = deployed_form(model)
     rec = _Recorder(model)
     n = rec.run(batches, max_batches)
     if n == 0:
@@ -359,12 +360,10 @@ def energy_from_config(name_or_model, uniform_rate: float = 0.14, *, sdsa_rate: 
         model = name_or_model
         name = getattr(model, "model_name", type(model).__name__)
     meta = copy.deepcopy(model).to("meta").eval()
-    expanded = callable(getattr(meta, "expand_spikes", None))
+    expanded = expands_spikes(meta)
     folded = not expanded and has_unfolded_reparam(meta)
-    if expanded:
+    if expanded or folded:
         meta = deployed_form(meta, inplace=True)
-    elif folded:
-        fold_bn(meta, inplace=True)
     T = int(getattr(meta, "T", 1))
     size = img_size or getattr(meta, "img_size", 224)
     cin = getattr(meta, "in_channels", 3)
