@@ -35,6 +35,10 @@ def test_onnx_matches_eager_on_real_digits_with_dynamic_batch(tmp_path, monkeypa
     _fused_if_available(monkeypatch)
     torch.manual_seed(0)
     m = create_model(name)
+    # V3's quantiser rounds at k + 0.5: an input within float rounding of a tie can round differently in onnxruntime
+    # and PyTorch (other conv kernels). Calibrated in NCHW this model has no such input; built channels_last (the
+    # training default) the same check saw 0.085 (docs/fidelity.md)
+    m.set_execution(channels_last=False)
     x = _digits(m, 24)
     calibrate_bn(m, [x])  # untrained weights, firing neurons: logits that differ per sample
     out = tmp_path / "m.onnx"

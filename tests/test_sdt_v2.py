@@ -587,6 +587,56 @@ def test_compact_spikes_give_identical_gradients(amp):
         assert torch.equal(p.grad, q.grad), n
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_pointwise_conv_as_matmul_equals_conv(bias):
+    from spikedriven.layers.ops import (POINTWISE_MM_MAX_ROWS, pointwise_as_matmul, pointwise_conv,
+                                        pointwise_conv_backward)
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 24, 3, 3, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(40, 24, 1, 1, dtype=torch.float64)
+    b = torch.randn(40, dtype=torch.float64) if bias else None
+    assert pointwise_as_matmul(x, w)
+    assert not pointwise_as_matmul(x.contiguous(), w)  # NCHW: the rows are not a view
+    assert not pointwise_as_matmul(torch.zeros(POINTWISE_MM_MAX_ROWS + 1, 24, 1, 1), w.float())
+    assert not pointwise_as_matmul(x, torch.zeros(40, 24, 3, 3))
+    y = pointwise_conv(x, w.flatten(1), b)
+    want = F.conv2d(x, w, b)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(want)
+    gx, gw, gb = pointwise_conv_backward(g, x, w.flatten(1), (True, True, bias))
+    xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+    br = b.clone().requires_grad_() if bias else None
+    F.conv2d(xr, wr, br).backward(g)
+    torch.testing.assert_close(gx, xr.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gw.view_as(w), wr.grad, rtol=1e-12, atol=1e-12)
+    assert (gb is None) == (not bias) and (not bias or torch.allclose(gb, br.grad, rtol=1e-12, atol=1e-12))
+
+
+def test_pointwise_spike_convs_train_and_eval_paths_agree():
+    # SpikeConv2d (1x1) and TokenConv1d run a matrix product on few NHWC positions, training and evaluation
+    from spikedriven.layers import SpikeConv2d
+    from spikedriven.models.sdt_v2 import TokenConv1d
+
+    torch.manual_seed(1)
+    x = (torch.rand(8, 16, 2, 2) > 0.6).double().contiguous(memory_format=torch.channels_last)
+    for conv in (SpikeConv2d(16, 32, 1, 1, bias=True).double(), TokenConv1d(16, 32, 1, bias=True).double()):
+        w4 = conv.weight if conv.weight.ndim == 4 else conv.weight.unsqueeze(-1)
+        want = F.conv2d(x, w4, conv.bias)
+        with torch.no_grad():
+            torch.testing.assert_close(conv(x), want, rtol=1e-12, atol=1e-12)
+        xr = x.clone().requires_grad_()
+        y = conv(xr)
+        torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
+        g = torch.randn_like(y)
+        y.backward(g)
+        xo, wo = x.clone().requires_grad_(), w4.detach().clone().requires_grad_()
+        F.conv2d(xo, wo, conv.bias.detach()).backward(g)
+        torch.testing.assert_close(xr.grad, xo.grad, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(conv.weight.grad.view_as(wo), wo.grad, rtol=1e-12, atol=1e-12)
+
+
 def test_downsample_strides_for_small_images():
     official = tiny(img_size=32)
     small = MetaSpikeFormer(img_size=28, in_channels=1, num_classes=10, embed_dim=TINY,

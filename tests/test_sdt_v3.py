@@ -54,6 +54,23 @@ def test_fused_kernel_equals_official_formulation_on_random_layouts():
     assert torch.equal(ya, yb) and torch.equal(a.grad, b.grad)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fused_kernel_half_precision_bits_equal_official_ops(dtype):
+    # the kernel converts bf16 with its own branch-free bit code; norm 3 makes g / norm and v / norm round
+    torch.manual_seed(1)
+    x = (torch.randn(3, 40, 5, 5) * 4).to(dtype)
+    x.view(-1)[:4] = torch.tensor([float("nan"), float("inf"), -float("inf"), 2.5])
+    g = (torch.randn(3, 40, 5, 5) * 7).to(dtype)
+    for norm in (4.0, 3.0):
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = multispike(a, 4, norm, "cpp"), multispike_reference(b, 4, norm)
+        ya.backward(g)
+        yb.backward(g)
+        assert ya.dtype == dtype and torch.equal(ya.isnan(), yb.isnan())
+        assert torch.equal(ya.nan_to_num(-1.0), yb.nan_to_num(-1.0)), norm
+        assert torch.equal(a.grad, b.grad), norm
+
+
 def test_integer_to_spikes_first_v_steps_fire():
     v = torch.tensor([[0.0, 1.0], [3.0, 4.0]])
     s = integer_to_spikes(v, 4).view(4, 2, 2)

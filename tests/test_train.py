@@ -23,7 +23,7 @@ TINY = dict(dataset="digits", dim=16, layer=1, num_heads=2, time_steps=2, img_si
             cooldown_epochs=0, warmup_epochs=1, warmup_lr=1e-4, opt="adamw", lr=3e-3, weight_decay=0.01,
             sched="cosine", workers=0, progress=False, tensorboard=False, plot=False, summary=False,
             save_safetensors=False, threads=1, scale=[0.7, 1.0], ratio=[0.9, 1.1], hflip=0.0, aa=None,
-            smoothing=0.1, seed=3)
+            smoothing=0.1, seed=3, amp=False)  # fp32 on every CPU (the default, auto, depends on the CPU)
 
 
 
@@ -390,6 +390,37 @@ def test_cpu_bf16_warns_only_where_it_is_emulated(tmp_path, monkeypatch, native)
     tr = res["trainer"]
     assert tr.amp_dtype == torch.bfloat16
     assert any("no native bf16" in w for w in tr.warnings) is (not native)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_auto_is_bf16_only_on_native_bf16_cpus_and_is_kept_by_the_run(tmp_path, monkeypatch, native):
+    import yaml
+
+    import spikedriven.training.loop as loop
+
+    monkeypatch.setattr(loop, "_cpu_has_native_bf16", lambda: native)
+    res = _train(tmp_path, f"auto_{native}", amp=None, epochs=1, max_train_samples=16, max_eval_samples=16)
+    tr = res["trainer"]
+    assert tr.amp_dtype == (torch.bfloat16 if native else None) and tr.amp_auto
+    assert not any("bf16" in w for w in tr.warnings)
+    saved = yaml.safe_load((Path(res["run_dir"]) / "config.yaml").read_text())
+    assert saved["amp"] is native  # resolved: a resume on another CPU keeps the precision
+
+
+def test_native_bf16_reads_the_cpu_flags(monkeypatch, tmp_path):
+    import builtins
+
+    import spikedriven.training.loop as loop
+
+    real_open = builtins.open
+    for flags, want in (("fpu avx2 avx512f avx512bw", False), ("fpu avx512f avx512_bf16", True),
+                        ("fpu amx_bf16 amx_tile", True), ("fpu avx2", False)):
+        f = tmp_path / "cpuinfo"
+        f.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        monkeypatch.setattr(builtins, "open", lambda p, *a, _f=f, **k: real_open(_f if p == "/proc/cpuinfo" else p,
+                                                                               *a, **k))
+        assert loop._cpu_has_native_bf16() is want, flags
+    monkeypatch.setattr(builtins, "open", real_open)
 
 
 def test_v2_recipe_trains_and_resumes_exactly(tmp_path):

@@ -41,10 +41,12 @@ def example_input(model: nn.Module, batch: int = 2) -> torch.Tensor:
 
 
 def inference_form(model: nn.Module) -> nn.Module:
-    """Eval-mode copy with BN and RepConvs folded and no gradients (what is exported)."""
+    """Eval-mode copy with BN and RepConvs folded and no gradients (what is exported), in NCHW layout: an ONNX
+    graph is NCHW, and the eager copy it is checked against must round as it does (with channels_last a V3
+    quantiser input at a k + 0.5 tie can round the other way)."""
     from .inference import prepare_inference
 
-    return prepare_inference(model, fold=True)
+    return prepare_inference(model, fold=True, channels_last=False)
 
 
 def _write_onnx(model, x, path: str) -> None:

@@ -153,7 +153,9 @@ def prepare_inference(model: nn.Module, fold: bool = True, channels_last: bool |
     compile: wrap in ``torch.compile`` (needs a working compiler toolchain; first call is slow).
     """
     m = fold_bn(model, repconv=repconv) if fold else copy.deepcopy(model).eval()
-    if channels_last is not None and hasattr(m, "channels_last"):
+    if channels_last is not None and hasattr(m, "set_execution"):
+        m.set_execution(channels_last=channels_last)  # activations and the conv weights' storage
+    elif channels_last is not None and hasattr(m, "channels_last"):
         m.channels_last = channels_last
     if lif_backend is not None:
         from .neuron import set_backend

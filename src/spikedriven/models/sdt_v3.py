@@ -31,7 +31,7 @@ from torch import nn
 
 from ..inference import fold_bn
 from ..layers.attention import Attention, register_attention
-from ..layers.ops import SpikeMatmul, drop_path, time_major_input
+from ..layers.ops import SpikeMatmul, conv_weights_layout, drop_path, time_major_input
 from ..neuron import IntegerNeuron, set_backend
 from .registry import ModelFamily, ModelInfo, register_family, register_model
 from .sdt_v2 import _check_config as _check_stage_config
@@ -269,7 +269,8 @@ class ESpikeFormer(nn.Module):
         downsample_strides: strides of (downsample1_1, 1_2, 2, 3, 4); official (2, 2, 2, 2, 1). Not an official
             option: small images keep more tokens with smaller strides (same parameters).
         neuron_backend: "auto" | "torch" (the official autograd formulation; same values and gradients).
-        channels_last: NHWC activation storage for the convs (same results; not in the state_dict).
+        channels_last: NHWC activation storage for the convs (default on: 1.1-1.3x faster training on CPU; same
+            values up to float rounding; not in the state_dict).
     """
 
     family = "sdt_v3"
@@ -286,7 +287,7 @@ class ESpikeFormer(nn.Module):
         drop_path_rate: float = 0.0,
         downsample_strides: Sequence[int] = OFFICIAL_STRIDES,
         neuron_backend: str | None = None,
-        channels_last: bool = False,
+        channels_last: bool = True,
     ):
         super().__init__()
         _check_config(img_size, in_channels, num_classes, embed_dim, num_heads, mlp_ratio, D, drop_path_rate,
@@ -316,7 +317,7 @@ class ESpikeFormer(nn.Module):
         self.head = nn.Linear(d3, num_classes) if num_classes > 0 else nn.Identity()
         self.spike = IntegerNeuron(D, norm=1)
         self.apply(_init_weights)
-        self.channels_last = bool(channels_last)
+        self.set_execution(channels_last=channels_last)
         if neuron_backend is not None:
             set_backend(self, neuron_backend)
 
@@ -330,6 +331,7 @@ class ESpikeFormer(nn.Module):
             set_backend(self, lif_backend)
         if channels_last is not None:
             self.channels_last = bool(channels_last)
+            conv_weights_layout(self, self.channels_last)
         return self
 
     def expand_spikes(self, inplace: bool = False) -> "ESpikeFormer":

@@ -309,7 +309,9 @@ SCHEMA: dict[str, tuple[Any, str, str, Any]] = {
                   "checkpoints", None),
     "model_ema_decay": (0.9998, "float", "EMA decay", rng(0, 1)),
     "model_ema_force_cpu": (False, "bool", "keep the EMA on the CPU", None),
-    "amp": (False, "bool", "mixed precision: CUDA fp16 (GradScaler) / bf16, CPU bf16 autocast", None),
+    "amp": (False, "opt_bool", "mixed precision: true = CUDA fp16 (GradScaler) / bf16, CPU bf16 autocast; false = "
+            "fp32; null = auto: bf16 autocast on a CPU with native bf16 (AVX512-BF16 or AMX), fp32 elsewhere "
+            "(recipes whose paired fp32/bf16 run showed no accuracy loss: fashion_mnist)", None),
     "amp_dtype": ("auto", "str", "auto (CUDA float16, CPU bfloat16) | float16 | bfloat16",
                   one_of("auto", "float16", "fp16", "half", "bfloat16", "bf16")),
     "channels_last": (False, "bool", "official memory-format switch; spikedriven chooses its layout itself", None),

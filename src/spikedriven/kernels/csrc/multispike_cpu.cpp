@@ -27,6 +27,29 @@ namespace {
 
 constexpr int64_t kGrain = 1 << 15;
 
+// Element loads and stores in fp32. c10::BFloat16's own conversion checks for NaN with a branch, which keeps the
+// loops below scalar (bf16 ran 3-4x slower than fp32); these bit-level versions are branch-free and vectorise:
+// bf16 -> fp32 is a shift, fp32 -> bf16 rounds to nearest even as c10 does, NaN kept as a quiet NaN.
+inline float load_f32(float v) { return v; }
+inline float load_f32(c10::Half v) { return static_cast<float>(v); }
+inline float load_f32(c10::BFloat16 v) {
+  uint32_t u = static_cast<uint32_t>(v.x) << 16;
+  float f;
+  __builtin_memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+template <typename T>
+inline T store_as(float f) { return static_cast<T>(f); }
+template <>
+inline c10::BFloat16 store_as<c10::BFloat16>(float f) {
+  uint32_t u;
+  __builtin_memcpy(&u, &f, sizeof u);
+  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  const uint16_t bits = static_cast<uint16_t>((f != f) ? 0x7FC0u : rounded);
+  return c10::BFloat16(bits, c10::BFloat16::from_bits());
+}
+
 template <typename T>
 void fwd_kernel(const T* x, T* y, uint8_t* mask, int64_t n, float d_arg, float norm_arg) {
   at::parallel_for(0, n, kGrain, [=](int64_t b, int64_t e) {
@@ -34,17 +57,17 @@ void fwd_kernel(const T* x, T* y, uint8_t* mask, int64_t n, float d_arg, float n
     if (mask != nullptr) {
 #pragma omp simd
       for (int64_t i = b; i < e; ++i) {
-        const float v = static_cast<float>(x[i]);
+        const float v = load_f32(x[i]);
         mask[i] = static_cast<uint8_t>(!(v < 0.0f) & !(v > d));
       }
     }
 #pragma omp simd
     for (int64_t i = b; i < e; ++i) {
-      const float v = static_cast<float>(x[i]);
+      const float v = load_f32(x[i]);
       const float c = v < 0.0f ? 0.0f : (v > d ? d : v);
       // 0 <= c <= D < 2^23: adding and removing 2^23 rounds to the nearest integer, ties to even (the default
       // rounding mode, as nearbyint), and vectorises (nearbyint is a libm call per element)
-      y[i] = static_cast<T>(((c + 8388608.0f) - 8388608.0f) / norm);
+      y[i] = store_as<T>(((c + 8388608.0f) - 8388608.0f) / norm);
     }
   });
 }
@@ -55,8 +78,8 @@ void bwd_kernel(const T* g, const uint8_t* mask, T* gx, int64_t n, float norm_ar
     const float norm = norm_arg;
 #pragma omp simd
     for (int64_t i = b; i < e; ++i) {
-      const float v = static_cast<float>(g[i]) / norm;
-      gx[i] = static_cast<T>(mask[i] ? v : 0.0f);
+      const float v = load_f32(g[i]) / norm;
+      gx[i] = store_as<T>(mask[i] ? v : 0.0f);
     }
   });
 }
