@@ -163,3 +163,21 @@ def test_cli_infer_trained_v3_checkpoint(tmp_path, capsys):
                   "downsample2.encode_conv", "head"):
         assert layer in out
     assert "accuracy" in out
+
+
+@pytest.mark.slow  # torch.compile of the inference form: some 30 s on 2 cores
+def test_cli_infer_dense_compiled_gives_the_eager_predictions(tmp_path, capsys):
+    from spikedriven.cli import main
+    from spikedriven.training.api import train
+
+    res = train("digits_v3", print_fn=lambda *_: None, output=str(tmp_path), experiment="v3c", epochs=1,
+                warmup_epochs=0, max_train_samples=32, max_eval_samples=32, batch_size=16, val_batch_size=32,
+                workers=0, threads=1, progress=False, tensorboard=False, plot=False, summary=False,
+                save_safetensors=False)
+    ck = str(Path(res["run_dir"]) / "last.pt")
+    lines = {}
+    for extra in ([], ["--compile"]):
+        assert main(["infer", "--checkpoint", ck, "--engine", "dense", "--data", "digits", "--limit", "16",
+                     "--batch", "8"] + extra) == 0
+        lines[bool(extra)] = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("accuracy")]
+    assert lines[True] == lines[False] and lines[True]

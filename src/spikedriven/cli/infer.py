@@ -32,6 +32,9 @@ def register(sub) -> None:
                                       "location)")
     p.add_argument("--batch", type=positive_int, default=64, help="batch size (default: 64)")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--compile", action="store_true",
+                   help="dense engine: torch.compile the inference form (first batch compiles for 10-30 s; measured "
+                        "1.66x on sdt_v3_digits_t, 0.86-1.07x on V1/V2: BENCHMARKS.md §8)")
     p.add_argument("--engine-backend", choices=["auto", "cpp", "numba"], default="auto",
                    help="kernels of the event engine: C++ (compiled on first use) or numba; same results "
                         "(default: auto = cpp if it builds)")
@@ -101,10 +104,10 @@ def run(args) -> int:
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        m = prepare_inference(model)
+        m = prepare_inference(model, compile=args.compile)
         preds = []
         with torch.inference_mode():
-            m(x[:1])
+            m(x[:args.batch])  # warm-up (and the compilation, with --compile) outside the timing
             t0 = time.perf_counter()
             for i in range(0, n, args.batch):
                 lg = m(x[i:i + args.batch])
