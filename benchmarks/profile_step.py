@@ -18,16 +18,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-CONFIGS = {
-    # name: (registry name, overrides, batch, image size)
-    "v1_cifar_2_256": ("sdt_cifar10_2_256", {}, 16, 32),
-    "v2_cifar_32": ("sdt_v2_8_512", dict(img_size=32, T=4, embed_dim=(32, 64, 128, 160), num_heads=8,
-                                         num_classes=10), 16, 32),
-    "v2_8_384_64px": ("sdt_v2_8_384", dict(img_size=64, T=1), 8, 64),
-    "v3_s_64px": ("sdt_v3_s", dict(img_size=64), 16, 64),
-    "v3_m_64px": ("sdt_v3_m", dict(img_size=64), 16, 64),
-}
-
 GROUPS = {  # share of the step: op-name prefixes
     "convolutions": ("aten::convolution_backward", "aten::mkldnn_convolution", "aten::convolution",
                      "aten::_convolution", "aten::conv2d", "aten::conv1d", "aten::mm", "aten::addmm"),
@@ -41,7 +31,10 @@ GROUPS = {  # share of the step: op-name prefixes
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    ap.add_argument("--config", choices=sorted(CONFIGS), default="v2_cifar_32", help="model and input (default: v2_cifar_32)")
+    from bench_vs_official import CONFIGS
+
+    ap.add_argument("--config", choices=sorted(CONFIGS), default="v2_cifar_32",
+                    help="model and input, as in bench_vs_official.py (default: v2_cifar_32)")
     ap.add_argument("--amp", action="store_true", help="bf16 autocast")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: 3)")
@@ -59,7 +52,8 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    name, kw, B, size = CONFIGS[a.config]
+    cfg = CONFIGS[a.config]
+    (name, kw), B, size = cfg["ours"], cfg["batch"], cfg["size"]
     model = sd.create_model(name, **kw).train()
     x = torch.rand(B, 3, size, size)
     y = torch.randint(0, model.num_classes, (B,))

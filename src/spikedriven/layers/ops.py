@@ -179,15 +179,15 @@ def pointwise_conv_backward(grad: torch.Tensor, x: torch.Tensor, w2d: torch.Tens
 # --------------------------------------------------------------------------------------------------
 class _SpikeConvFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, dilation, groups, dtype, compact=True):
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups, dtype, compact, as_matmul):
         if dtype is not None:  # autocast: run (and later differentiate) in the autocast dtype
             x, w, b = x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
         else:
             w, b = weight, bias
         ctx.save_for_backward(x.to(torch.uint8) if compact else x, w)
         ctx.conf = (x.dtype, stride, padding, dilation, groups, bias is not None, weight.dtype)
-        ctx.as_matmul = _plain_pointwise(stride, padding, dilation, groups) and pointwise_as_matmul(x, w)
-        if ctx.as_matmul:
+        ctx.as_matmul = as_matmul
+        if as_matmul:
             return pointwise_conv(x, w.flatten(1), b)
         return F.conv2d(x, w, b, stride, padding, dilation, groups)
 
@@ -205,7 +205,7 @@ class _SpikeConvFn(torch.autograd.Function):
                 grad.to(x_dtype), x, w, [w.shape[0]] if has_bias else None, list(stride), list(padding),
                 list(dilation), False, [0, 0], groups, list(need))
         return (gi, None if gw is None else gw.to(w_dtype), None if gb is None else gb.to(w_dtype), None, None,
-                None, None, None, None)
+                None, None, None, None, None)
 
 
 def _plain_pointwise(stride, padding, dilation, groups) -> bool:
@@ -225,16 +225,22 @@ class SpikeConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.padding_mode != "zeros" or isinstance(self.padding, str):
             return super().forward(x)
-        pointwise = _plain_pointwise(self.stride, self.padding, self.dilation, self.groups) \
-            and pointwise_as_matmul(x, self.weight)
-        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad) and (self.compact or pointwise):
-            # one autograd Function for both settings of compact: the gradients stay bit-identical
-            dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else None
-            return _SpikeConvFn.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
-                                      self.groups, dtype, self.compact)
-        if pointwise:  # no gradient needed
-            return pointwise_conv(x, self.weight.flatten(1), self.bias)
-        return super().forward(x)
+        return spike_conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
+                            self.compact)
+
+
+def spike_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride=(1, 1), padding=(0, 0),
+                 dilation=(1, 1), groups: int = 1, compact: bool = True) -> torch.Tensor:
+    """``F.conv2d`` (zero padding) on a binary input ``x``: in training the saved input is uint8 when ``compact``;
+    a 1x1 conv over few NHWC positions runs as one matrix product (:func:`pointwise_as_matmul`)."""
+    pointwise = _plain_pointwise(stride, padding, dilation, groups) and pointwise_as_matmul(x, weight)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad) and (compact or pointwise):
+        # one autograd Function for both settings of compact: the gradients stay bit-identical
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else None
+        return _SpikeConvFn.apply(x, weight, bias, stride, padding, dilation, groups, dtype, compact, pointwise)
+    if pointwise:  # no gradient needed
+        return pointwise_conv(x, weight.flatten(1), bias)
+    return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
 
 # --------------------------------------------------------------------------------------------------

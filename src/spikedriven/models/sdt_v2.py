@@ -30,14 +30,12 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..inference import fold_reparam
 from ..layers.attention import Attention, register_attention
-from ..layers.ops import (SpikeConv2d, SpikeMatmul, SpikeRowMatmul, conv_weights_layout, drop_path, nhwc,
-                          pointwise_as_matmul, pointwise_conv, pointwise_conv_backward, seq, time_major_input,
-                          token_mean)
+from ..layers.ops import (SpikeConv2d, SpikeMatmul, SpikeRowMatmul, conv_weights_layout, drop_path, nhwc, seq,
+                          spike_conv2d, time_major_input, token_mean)
 from ..layers.repconv import BNAndPad, RepConv, is_nhwc
 from ..neuron import LIF, set_backend
 from .registry import ModelFamily, ModelInfo, register_family, register_model
@@ -193,36 +191,6 @@ class SpikeLinearAttention(Attention):
 MS_Attention_RepConv_qkv_id = SpikeLinearAttention  # the official name
 
 
-class _PointwiseSpikeConvFn(torch.autograd.Function):
-    """1x1 conv2d with a Conv1d weight ``[O, I, 1]`` on a binary input ``[N, I, H, W]``, saving that input as
-    uint8 for the backward pass (lossless for 0/1 values); the same idea as :class:`SpikeConv2d`."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, dtype, compact=True):
-        w, b = weight.unsqueeze(-1), bias
-        if dtype is not None:  # autocast: run (and later differentiate) in the autocast dtype
-            x, w, b = x.to(dtype), w.to(dtype), None if b is None else b.to(dtype)
-        ctx.save_for_backward(x.to(torch.uint8) if compact else x, w)
-        ctx.conf = (x.dtype, weight.dtype, bias is not None)
-        ctx.as_matmul = pointwise_as_matmul(x, w)
-        return pointwise_conv(x, w.flatten(1), b) if ctx.as_matmul else F.conv2d(x, w, b)
-
-    @staticmethod
-    def backward(ctx, grad):
-        xq, w = ctx.saved_tensors
-        x_dtype, w_dtype, has_bias = ctx.conf
-        need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2])
-        if ctx.as_matmul:
-            gx, gw, gb = pointwise_conv_backward(grad.to(x_dtype), xq.to(x_dtype), w.flatten(1), need)
-        else:
-            gx, gw, gb = torch.ops.aten.convolution_backward(
-                grad.to(x_dtype), xq.to(x_dtype), w, [w.shape[0]] if has_bias else None, [1, 1], [0, 0], [1, 1],
-                False, [0, 0], 1, list(need))
-            gw = None if gw is None else gw.flatten(1)
-        return (gx, None if gw is None else gw.unsqueeze(-1).to(w_dtype), None if gb is None else gb.to(w_dtype),
-                None, None)
-
-
 class TokenConv1d(nn.Conv1d):
     """``nn.Conv1d`` with kernel 1 (official parameters and keys) that also accepts a token grid ``[N, C, H, W]``.
 
@@ -240,14 +208,7 @@ class TokenConv1d(nn.Conv1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 3:
             return super().forward(x)
-        w = self.weight.unsqueeze(-1)
-        pointwise = pointwise_as_matmul(x, w)
-        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad) and (self.compact or pointwise):
-            dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else None
-            return _PointwiseSpikeConvFn.apply(x, self.weight, self.bias, dtype, self.compact)
-        if pointwise:  # no gradient needed
-            return pointwise_conv(x, self.weight.squeeze(-1), self.bias)
-        return F.conv2d(x, w, self.bias)
+        return spike_conv2d(x, self.weight.unsqueeze(-1), self.bias, compact=self.compact)
 
 
 class TokenBatchNorm1d(nn.BatchNorm1d):
