@@ -5,8 +5,11 @@
     python benchmarks/profile_step.py --config v3_s_64px --by-shape   # ops grouped by input shapes
 
 Configurations are those of ``bench_vs_official.py`` (same models, batch and image size). Prints the training
-img/s (best of ``--steps`` steps after ``--warmup`` steps), then the ops with the most self CPU time in one profiled
-step, and the share of the step spent in convolutions (forward + backward), the optimizer and the neurons.
+img/s (best of ``--steps`` steps after ``--warmup`` steps), how much of the machine's matrix-product peak that is
+(the step's convolution and matrix-product FLOPs, forward + backward, as ``torch.utils.flop_counter`` counts them,
+per second of the best step, against the best of a few 2048 x 2048 ``torch.mm`` at the same threads and precision),
+then the ops with the most self CPU time in one profiled step, and the share of the step spent in convolutions
+(forward + backward), the optimizer and the neurons.
 """
 from __future__ import annotations
 
@@ -26,6 +29,21 @@ GROUPS = {  # share of the step: op-name prefixes
     "batch norm": ("aten::native_batch_norm",),
     "copies": ("aten::copy_",),
 }
+
+
+def gemm_peak(dtype, n: int = 2048, reps: int = 5) -> float:
+    """FLOP/s of the best of ``reps`` n x n x n ``torch.mm`` at the current thread count."""
+    import torch
+
+    a = torch.rand(n, n).to(dtype)
+    b = torch.rand(n, n).to(dtype)
+    torch.mm(a, b)  # warm-up (oneDNN / BLAS set-up)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
 
 
 def main(argv=None) -> int:
@@ -69,6 +87,11 @@ def main(argv=None) -> int:
 
     for _ in range(a.warmup):
         step()
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
     times = []
     for _ in range(a.steps):
         t = time.perf_counter()
@@ -77,6 +100,11 @@ def main(argv=None) -> int:
     print(f"CPU: {cpu_description()}; torch {torch.__version__}, {a.threads} threads")
     print(f"{a.config} ({name}, B={B}, {size} px) {'bf16 autocast' if a.amp else 'fp32'}: "
           f"train {B / min(times):.1f} img/s (best of {a.steps} steps after {a.warmup})")
+    peak = gemm_peak(torch.bfloat16 if a.amp else torch.float32)
+    achieved = flops / min(times)
+    print(f"conv + matmul work: {flops / 1e9:.2f} GFLOP per step (forward + backward), {achieved / 1e9:.1f} GFLOP/s = "
+          f"{100 * achieved / peak:.0f}% of the {'bf16' if a.amp else 'fp32'} matrix-product peak here "
+          f"({peak / 1e9:.1f} GFLOP/s: best 2048 x 2048 torch.mm)")
     with profile(activities=[ProfilerActivity.CPU], record_shapes=a.by_shape) as prof:
         step()
     events = prof.key_averages(group_by_input_shape=a.by_shape)

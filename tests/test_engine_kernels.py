@@ -186,16 +186,18 @@ def test_cpp_and_numba_kernels_bit_identical(p):
     for be, out in zip(BACKENDS, outs):
         run_sparse_linear(be, idx, cnt, wt, b, res, out)
     np.testing.assert_array_equal(outs[0], outs[1])
-    NB, H, W = 2, 5, 6
-    idx, cnt = to_csr(binary((NB * H * W, Cin), p, 13))
-    w = g.standard_normal((Cin, 3, 3, Cout)).astype(np.float32)
-    res = g.standard_normal((NB * H * W, Cout)).astype(np.float32)
-    outs = [np.empty((NB * H * W, Cout), np.float32) for _ in BACKENDS]
-    accs = [np.empty(NB * H, np.int64) for _ in BACKENDS]
-    for be, out, acc in zip(BACKENDS, outs, accs):
-        run_sparse_conv3x3(be, idx, cnt, NB, H, W, w, b, res, out, acc)
-    np.testing.assert_array_equal(outs[0], outs[1])
-    np.testing.assert_array_equal(accs[0], accs[1])
+    # C++: Cin 50 runs tap by tap over tiles (here 2 tiles of 5 rows of W = 6, the last of 2 rows), Cin 140 pixel by
+    # pixel (a tap's 64 columns of 140 channels outgrow L1)
+    for Cin, (NB, H, W) in ((50, (2, 7, 6)), (140, (2, 5, 6))):
+        idx, cnt = to_csr(binary((NB * H * W, Cin), p, 13))
+        w = g.standard_normal((Cin, 3, 3, Cout)).astype(np.float32)
+        res = g.standard_normal((NB * H * W, Cout)).astype(np.float32)
+        outs = [np.empty((NB * H * W, Cout), np.float32) for _ in BACKENDS]
+        accs = [np.empty(NB * H, np.int64) for _ in BACKENDS]
+        for be, out, acc in zip(BACKENDS, outs, accs):
+            run_sparse_conv3x3(be, idx, cnt, NB, H, W, w, b, res, out, acc)
+        np.testing.assert_array_equal(outs[0], outs[1])
+        np.testing.assert_array_equal(accs[0], accs[1])
 
 
 def csr_dense(idx, cnt, C):

@@ -61,7 +61,8 @@ def rows(t):  # [NB, C, H, W] -> [NB*H*W, C]
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("p", DENSITIES)
 @pytest.mark.parametrize("k,stride,pad,hw,Cout", [(3, 2, 1, (8, 8), 20), (3, 2, 1, (7, 5), 70), (3, 1, 1, (6, 7), 137),
-                                                  (5, 2, 2, (9, 6), 64), (1, 1, 0, (4, 5), 200)])
+                                                  (5, 2, 2, (9, 6), 64), (1, 1, 0, (4, 5), 200),
+                                                  (3, 1, 1, (13, 9), 70)])  # C++: tiles of 3 output rows, last 1
 def test_sparse_conv2d_matches_conv2d_and_counts(backend, p, k, stride, pad, hw, Cout):
     """Any k / stride / padding (the downsampling convs, the 3x3 convs, 1x1 convs and token linears as k = 1), weights
     in column blocks of 64 (Cout 20: one partial block; 70: a full one + 6 columns; 137: two + a 1-column tail)."""
@@ -188,7 +189,9 @@ def _case_convs(K, p):
     g = np.random.default_rng(50)
     outs = []
     for NB, H, W, Cin, Cout, k, stride, pad in ((2, 8, 8, 12, 70, 3, 2, 1), (3, 7, 5, 5, 16, 3, 2, 1),
-                                                (1, 6, 6, 9, 137, 3, 1, 1), (2, 3, 4, 20, 240, 1, 1, 0)):
+                                                (1, 6, 6, 9, 137, 3, 1, 1), (2, 3, 4, 20, 240, 1, 1, 0),
+                                                (2, 20, 9, 6, 70, 3, 1, 1),  # C++: 7 tiles of 3 rows, the last 2
+                                                (2, 5, 6, 130, 70, 3, 1, 1)):  # C++: pixel-major (Cin > 128)
         s = binary((NB * H * W, Cin), p, 51)
         idx, cnt = to_csr(s)
         w = g.standard_normal((Cin, k, k, Cout)).astype(F32)

@@ -54,9 +54,10 @@ def block_weights(w: np.ndarray) -> np.ndarray:
 @dataclass
 class SpikeConv:
     """A k x k conv (stride, zero padding) on spikes run by ``sparse_conv2d``, weights in column blocks
-    (:func:`block_weights`). (1x1 convs and token linears are :class:`~spikedriven.engine.compiler.Linear` layers
-    run by ``sparse_linear``: their weights fit in the L2 cache whole, and one pass over a row's active inputs
-    fills all its columns.)"""
+    (:func:`block_weights`): the C++ kernel runs tap by tap over tiles of output pixels, so that one tap's block
+    (Cin x 64 floats) is reused from L1. (1x1 convs and token linears are
+    :class:`~spikedriven.engine.compiler.Linear` layers run by ``sparse_linear`` on ``wt[Cin, Cout]``, whose 64-column
+    blocks are read in place with a row stride.)"""
     name: str
     wb: np.ndarray  # [ceil(Cout/64), Cin, k, k, 64]
     b: np.ndarray  # [Cout]

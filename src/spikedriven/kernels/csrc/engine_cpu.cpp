@@ -88,7 +88,8 @@ void sparse_linear(const at::Tensor& idx, const at::Tensor& cnt, const at::Tenso
 }
 
 // 3x3 / stride 1 / pad 1 conv on a CSR spike map with rows (nb, y, x) of an H x W grid; w[Cin, 3, 3, Cout].
-// acc[nb*H + y] = weight elements added for that output row (padding taps are not performed).
+// acc[nb*H + y] = weight elements added for that output row (padding taps are not performed). The arithmetic and
+// the tiling: tiled_spike_conv (engine_common.h).
 void sparse_conv3x3(const at::Tensor& idx, const at::Tensor& cnt, int64_t NB, int64_t H, int64_t W,
                     const at::Tensor& w, const at::Tensor& bias, const at::Tensor& resid, at::Tensor out,
                     at::Tensor acc, int64_t threads) {
@@ -110,38 +111,11 @@ void sparse_conv3x3(const at::Tensor& idx, const at::Tensor& cnt, int64_t NB, in
   const float* rp = optional_resid(resid, P, cout, "[NB*H*W, Cout]");
   float* op = out.data_ptr<float>();
   int64_t* ap = acc.data_ptr<int64_t>();
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_or_default(threads))
-  for (int64_t ry = 0; ry < NB * H; ++ry) {
-    const int64_t nb = ry / H, y = ry % H;
-    int64_t added = 0;
-    for (int64_t x = 0; x < W; ++x) {
-      const int64_t o = ry * W + x;
-      auto rows = [&](auto&& f) {
-        for (int64_t ky = 0; ky < 3; ++ky) {
-          const int64_t iy = y + ky - 1;
-          if (iy < 0 || iy >= H) continue;
-          for (int64_t kx = 0; kx < 3; ++kx) {
-            const int64_t ix = x + kx - 1;
-            if (ix < 0 || ix >= W) continue;
-            const int64_t i = (nb * H + iy) * W + ix;
-            const int32_t* ir = ip + i * istride;
-            const int32_t n = cp[i];
-            for (int32_t q = 0; q < n; ++q) f(wp + (static_cast<int64_t>(ir[q]) * 9 + ky * 3 + kx) * cout);
-          }
-        }
-      };
-      accumulate_row(op + o * cout, bp, rp ? rp + o * cout : nullptr, cout, rows);
-      for (int64_t ky = 0; ky < 3; ++ky) {
-        const int64_t iy = y + ky - 1;
-        if (iy < 0 || iy >= H) continue;
-        for (int64_t kx = 0; kx < 3; ++kx) {
-          const int64_t ix = x + kx - 1;
-          if (ix >= 0 && ix < W) added += cp[(nb * H + iy) * W + ix];
-        }
-      }
-    }
-    ap[ry] = added * cout;
-  }
+  // w[c, ky, kx, :] read in place: block jb's row of channel c at tap t is w + c*9*Cout + t*Cout + 64 jb
+  auto block = [&](int64_t jb) {
+    return WeightBlock{wp + jb * 64, 9 * cout, cout, std::min<int64_t>(64, cout - jb * 64)};
+  };
+  tiled_spike_conv(ip, cp, istride, NB, H, W, w.size(0), 3, 1, 1, cout, block, bp, rp, op, ap, threads);
 }
 
 // ------------------------------------------------------------------------------------------------- SDSA
@@ -220,26 +194,13 @@ void dense_conv2d(const at::Tensor& x, int64_t NB, int64_t H, int64_t W, int64_t
     int64_t taps = 0;
     for (int64_t xo = 0; xo < Wo; ++xo) {
       auto rows = [&](auto&& f) {
-        for (int64_t ky = 0; ky < k; ++ky) {
-          const int64_t iy = yo * stride + ky - pad;
-          if (iy < 0 || iy >= H) continue;
-          for (int64_t kx = 0; kx < k; ++kx) {
-            const int64_t ix = xo * stride + kx - pad;
-            if (ix < 0 || ix >= W) continue;
-            const float* xi = xp + ((nb * H + iy) * W + ix) * cin;
-            for (int64_t c = 0; c < cin; ++c) f(wp + ((c * k + ky) * k + kx) * cout, xi[c]);
-          }
-        }
+        for_taps(yo, xo, k, stride, pad, H, W, [&](int64_t ky, int64_t kx, int64_t pix) {
+          const float* xi = xp + (nb * H * W + pix) * cin;
+          for (int64_t c = 0; c < cin; ++c) f(wp + ((c * k + ky) * k + kx) * cout, xi[c]);
+        });
       };
       accumulate_row(op + (ry * Wo + xo) * cout, bp, nullptr, cout, rows);
-      for (int64_t ky = 0; ky < k; ++ky) {
-        const int64_t iy = yo * stride + ky - pad;
-        if (iy < 0 || iy >= H) continue;
-        for (int64_t kx = 0; kx < k; ++kx) {
-          const int64_t ix = xo * stride + kx - pad;
-          taps += ix >= 0 && ix < W;
-        }
-      }
+      for_taps(yo, xo, k, stride, pad, H, W, [&](int64_t, int64_t, int64_t) { ++taps; });
     }
     mp[ry] = taps * cin * cout;
   }

@@ -18,11 +18,8 @@ using namespace sd_engine;
 
 // k x k conv (any stride, zero padding) on a CSR spike map with rows (nb, y, x) of an H x W grid, with weights in
 // column blocks: wb[nblk, Cin, k, k, 64] holds columns [64 jb, 64 jb + 64) of w[Cin, k, k, Cout] (the last block
-// zero-padded). Output rows (nb, yo, xo) of the Ho x Wo grid: out = sum over in-bounds taps (ky, kx) row-major, then
-// active channels ascending, of the weight rows, + bias (+ resid). 1x1 convs and per-token linears are k = 1.
-// One task = one column block of one output row, blocks outer: a block's weights (Cin*k*k*64 floats) stay in the
-// core's L2 cache while every output row adds from them. acc[nb*Ho + yo] = weight elements added for that output
-// row, all blocks (taps in the padding are not performed).
+// zero-padded, so that a block adds whole vectors of 8). 1x1 convs and per-token linears are k = 1. The arithmetic
+// and the tiling: tiled_spike_conv (engine_common.h).
 void sparse_conv2d(const at::Tensor& idx, const at::Tensor& cnt, int64_t NB, int64_t H, int64_t W, int64_t stride,
                    int64_t pad, const at::Tensor& wb, const at::Tensor& bias, const at::Tensor& resid, at::Tensor out,
                    at::Tensor acc, int64_t threads) {
@@ -47,43 +44,11 @@ void sparse_conv2d(const at::Tensor& idx, const at::Tensor& cnt, int64_t NB, int
   const float* rp = optional_resid(resid, NB * Ho * Wo, cout, "[NB*Ho*Wo, Cout]");
   float* op = out.data_ptr<float>();
   int64_t* ap = acc.data_ptr<int64_t>();
-  const int64_t rows_n = NB * Ho, kk = k * k;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_or_default(threads))
-  for (int64_t task = 0; task < nblk * rows_n; ++task) {
-    const int64_t jb = task / rows_n, ry = task % rows_n, nb = ry / Ho, yo = ry % Ho;
-    const float* wbk = wp + jb * cin * kk * 64 - jb * 64;  // + (c*kk + tap)*64 + j0 (j0 = 64 jb): the block's row
-    for (int64_t xo = 0; xo < Wo; ++xo) {
-      auto rows = [&](auto&& f) {
-        for (int64_t ky = 0; ky < k; ++ky) {
-          const int64_t iy = yo * stride + ky - pad;
-          if (iy < 0 || iy >= H) continue;
-          for (int64_t kx = 0; kx < k; ++kx) {
-            const int64_t ix = xo * stride + kx - pad;
-            if (ix < 0 || ix >= W) continue;
-            const int64_t i = (nb * H + iy) * W + ix;
-            const int32_t* ir = ip + i * istride;
-            const int32_t n = cp[i];
-            for (int32_t q = 0; q < n; ++q) f(wbk + (static_cast<int64_t>(ir[q]) * kk + ky * k + kx) * 64);
-          }
-        }
-      };
-      const int64_t o = ry * Wo + xo;
-      accumulate_block(op + o * cout, bp, rp ? rp + o * cout : nullptr, cout, jb, rows);
-    }
-    if (jb == 0) {
-      int64_t added = 0;
-      for (int64_t xo = 0; xo < Wo; ++xo)
-        for (int64_t ky = 0; ky < k; ++ky) {
-          const int64_t iy = yo * stride + ky - pad;
-          if (iy < 0 || iy >= H) continue;
-          for (int64_t kx = 0; kx < k; ++kx) {
-            const int64_t ix = xo * stride + kx - pad;
-            if (ix >= 0 && ix < W) added += cp[(nb * H + iy) * W + ix];
-          }
-        }
-      ap[ry] = added * cout;
-    }
-  }
+  const int64_t kk = k * k;
+  auto block = [&](int64_t jb) {  // whole vectors over the block's zero padding (never past its 64 columns)
+    return WeightBlock{wp + jb * cin * kk * 64, kk * 64, 64, std::min<int64_t>(64, (cout - jb * 64 + 7) / 8 * 8)};
+  };
+  tiled_spike_conv(ip, cp, istride, NB, H, W, cin, k, stride, pad, cout, block, bp, rp, op, ap, threads);
 }
 
 // Depthwise k x k conv (stride 1, zero padding pad) on a CSR spike map with rows (nb, y, x); w[k, k, C]. Output
